@@ -1,0 +1,260 @@
+"""Building blocks shared by 3D UX-Net and uC 3DU-Net.
+
+Shapes use (B, C, D0, D1, D2) for 3-D maps and (N, C, H, W) for 2-D maps. Where
+dynamic-network-architectures has the block (conv-norm-act stacks, the residual block) it is used;
+the rest (UX block, channels-first LayerNorm, DFi gate, the 2-D skip U-Net) is defined here once.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Type
+
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.residual import BasicBlockD
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
+from torch import nn
+
+
+# ----------------------------------------------------------------------------------------------------------
+# normalisation
+# ----------------------------------------------------------------------------------------------------------
+class LayerNormChannelsFirst(nn.Module):
+    """LayerNorm over the channel axis of a (B, C, *spatial) map (biased variance, affine)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch's fused layer_norm on a channels-last view; moveaxis is a view, not a copy.
+        y = F.layer_norm(torch.movedim(x, 1, -1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return torch.movedim(y, -1, 1)
+
+
+class HalfGroupNorm(nn.GroupNorm):
+    """GroupNorm with ``num_channels / 2`` groups (the uC 2-D U-Net's norm); built like a BatchNorm."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        if num_channels % 2:
+            raise ValueError(f"HalfGroupNorm needs an even channel count, got {num_channels}")
+        super().__init__(num_channels // 2, num_channels, eps=eps, affine=affine)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# convolution stacks (dynamic-network-architectures)
+# ----------------------------------------------------------------------------------------------------------
+def conv_norm_act_stack(
+    conv_op: Type[nn.Module],
+    input_channels: int,
+    output_channels: int,
+    norm_op: Type[nn.Module],
+    norm_op_kwargs: dict,
+    nonlin: Type[nn.Module],
+    nonlin_kwargs: dict,
+    num_convs: int = 2,
+) -> StackedConvBlocks:
+    """``num_convs`` x (conv k3 p1 with bias -> norm -> nonlin); the first conv maps in->out."""
+    return StackedConvBlocks(
+        num_convs, conv_op, input_channels, output_channels, 3, 1, conv_bias=True,
+        norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
+    )
+
+
+def residual_block_3d(input_channels: int, output_channels: int) -> BasicBlockD:
+    """MONAI ``UnetResBlock`` semantics: conv3-IN-LReLU(0.01)-conv3-IN, 1x1 conv+IN shortcut if in != out, add, LReLU.
+
+    Convolutions have no bias; InstanceNorm has no affine parameters.
+    """
+    return BasicBlockD(
+        nn.Conv3d, input_channels, output_channels, kernel_size=3, stride=1, conv_bias=False,
+        norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": False},
+        nonlin=nn.LeakyReLU, nonlin_kwargs={"negative_slope": 0.01, "inplace": True},
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3D UX-Net block
+# ----------------------------------------------------------------------------------------------------------
+class DropPath(nn.Module):
+    """Stochastic depth per sample; identity at rate 0 or in eval mode."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class DepthwiseChannelScaling(nn.Module):
+    """The UX block's "DCS" layer: a 1x1x1 conv with ``groups = channels`` (no cross-channel mixing).
+
+    Weights keep the grouped-conv shape ``(out, in/groups, 1, 1, 1)`` so checkpoints stay compatible, but the
+    op runs as a broadcast multiply-add on a channels-last tensor (B, *spatial, C), which avoids the slow
+    grouped-conv kernels. With ``groups`` input channels and ``groups * k`` outputs, each input channel c feeds
+    outputs ``c*k .. c*k+k-1``; with ``groups * k`` inputs and ``groups`` outputs, output c sums inputs
+    ``c*k .. c*k+k-1``.
+    """
+
+    def __init__(self, input_channels: int, output_channels: int) -> None:
+        super().__init__()
+        groups = min(input_channels, output_channels)
+        if input_channels % groups or output_channels % groups:
+            raise ValueError(f"DCS needs channel counts that divide: {input_channels} -> {output_channels}")
+        self.groups = groups
+        self.expand = output_channels >= input_channels
+        self.weight = nn.Parameter(torch.empty(output_channels, input_channels // groups, 1, 1, 1))
+        self.bias = nn.Parameter(torch.empty(output_channels))
+        # PyTorch's default Conv3d init for exactly this layer shape
+        reference = nn.Conv3d(input_channels, output_channels, 1, groups=groups)
+        with torch.no_grad():
+            self.weight.copy_(reference.weight)
+            self.bias.copy_(reference.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, *spatial, C_in) channels-last -> (B, *spatial, C_out)."""
+        g = self.groups
+        if self.expand:  # (.., g, 1) * (g, k) -> (.., g*k)
+            w = self.weight.view(g, -1)
+            y = x.unsqueeze(-1) * w + self.bias.view(g, -1)
+            return y.flatten(-2)
+        w = self.weight.view(g, -1)  # (g, k): output c sums its k inputs
+        y = (x.unflatten(-1, (g, -1)) * w).sum(-1)
+        return y + self.bias
+
+
+class UXBlock(nn.Module):
+    """3D UX-Net block: depthwise conv k7 -> LayerNorm -> DCS (x4) -> GELU -> DCS -> layer scale -> + input.
+
+    (B, C, D0, D1, D2) -> same shape. One residual; no cross-channel mixing.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 7, drop_path: float = 0.0,
+                 layer_scale_init_value: float = 1e-6, expansion: int = 4) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv3d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.pwconv1 = DepthwiseChannelScaling(channels, expansion * channels)
+        self.act = nn.GELU()
+        self.pwconv2 = DepthwiseChannelScaling(expansion * channels, channels)
+        self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(channels))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.movedim(self.dwconv(x), 1, -1)  # channels-last view
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y)))) * self.gamma
+        return x + self.drop_path(torch.movedim(y, -1, 1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# decoder pieces
+# ----------------------------------------------------------------------------------------------------------
+def pad_end_to_match(x: torch.Tensor, reference: torch.Tensor, mode: str = "replicate") -> torch.Tensor:
+    """Pad ``x`` by one voxel at the END of each spatial axis where ``reference`` is larger (uC 3-D rule)."""
+    pads = []
+    for size, target in zip(reversed(x.shape[2:]), reversed(reference.shape[2:])):
+        pads += [0, 1 if target > size else 0]
+    return F.pad(x, pads, mode=mode) if any(pads) else x
+
+
+def pad_centred_to_match(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Zero-pad ``x`` centred (left = floor(diff/2)) to the spatial size of ``reference`` (uC 2-D rule)."""
+    pads = []
+    for size, target in zip(reversed(x.shape[2:]), reversed(reference.shape[2:])):
+        diff = target - size
+        pads += [diff // 2, diff - diff // 2]
+    return F.pad(x, pads) if any(pads) else x
+
+
+class DFi(nn.Module):
+    """uC's gated fusion of an upsampled map F1 and a skip F2 (both (B, c, *spatial)).
+
+    out = Conv1x1(cat[F1, F2], no bias) * sigmoid(Conv1x1(F1 -> 1) + Conv1x1(F2 -> 1)); the gate is one
+    spatial map broadcast over the channels.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fuse = nn.Conv3d(2 * channels, channels, 1, bias=False)
+        self.gate_up = nn.Conv3d(channels, 1, 1)
+        self.gate_skip = nn.Conv3d(channels, 1, 1)
+
+    def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.gate_up(up) + self.gate_skip(skip))
+        return self.fuse(torch.cat([up, skip], dim=1)) * gate
+
+
+# ----------------------------------------------------------------------------------------------------------
+# uC: the 2-D U-Net that replaces a 3-D skip connection
+# ----------------------------------------------------------------------------------------------------------
+def double_conv_2d(input_channels: int, output_channels: int) -> StackedConvBlocks:
+    """(conv3x3 -> GroupNorm(out/2) -> ReLU) x 2."""
+    return conv_norm_act_stack(nn.Conv2d, input_channels, output_channels, HalfGroupNorm, {"eps": 1e-5},
+                               nn.ReLU, {"inplace": True})
+
+
+class SkipUNet2d(nn.Module):
+    """2-D U-Net without stem or head: (N, L0, H, W) -> (N, L0, H, W), ReLU output.
+
+    Encoder i: AvgPool2d(2) -> DoubleConv(L[i-1] -> L[i]). Decoder (bottom up): ConvTranspose2d(L[i] -> L[i]/2),
+    centred zero-pad to the skip, cat[skip, up], DoubleConv(L[i] -> L[i-1]).
+    """
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        channels = list(channels)
+        if len(channels) < 2:
+            raise ValueError(f"SkipUNet2d needs at least two channel widths, got {channels}")
+        self.channels = channels
+        self.encoder = nn.ModuleList(
+            nn.Sequential(nn.AvgPool2d(2), double_conv_2d(c_in, c_out))
+            for c_in, c_out in zip(channels[:-1], channels[1:])
+        )
+        self.upsample = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for c_out, c_in in reversed(list(zip(channels[:-1], channels[1:]))):
+            self.upsample.append(nn.ConvTranspose2d(c_in, c_in // 2, 2, stride=2))
+            self.decoder.append(double_conv_2d(c_in // 2 + c_out, c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [x]
+        for stage in self.encoder:
+            skips.append(stage(skips[-1]))
+        y = skips.pop()
+        for up, conv in zip(self.upsample, self.decoder):
+            skip = skips.pop()
+            y = conv(torch.cat([skip, pad_centred_to_match(up(y), skip)], dim=1))
+        return y
+
+
+SLICE_AXES = ("first", "last")
+
+
+class UShapedConnection(nn.Module):
+    """The uC module: run one shared 2-D U-Net on every slice of a 3-D map.
+
+    (B, C, D0, D1, D2) -> same shape. ``slice_axis="first"`` folds D0 into the batch (2-D planes (D1, D2),
+    the in-plane slices of nnU-Net's (z, y, x) tensors); ``"last"`` folds D2 (planes (D0, D1)), as the
+    original code does on its (x, y, z) MONAI tensors.
+    """
+
+    def __init__(self, channels: Sequence[int], slice_axis: str = "first") -> None:
+        super().__init__()
+        if slice_axis not in SLICE_AXES:
+            raise ValueError(f"slice_axis must be one of {SLICE_AXES}, got {slice_axis!r}")
+        self.slice_axis = slice_axis
+        self.unet = SkipUNet2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        axis = 2 if self.slice_axis == "first" else 4
+        slices = torch.movedim(x, axis, 1)  # (B, S, C, P0, P1)
+        planes = slices.shape[3:]
+        y = self.unet(slices.reshape(-1, c, *planes))
+        return torch.movedim(y.view(b, -1, c, *planes), 1, axis)

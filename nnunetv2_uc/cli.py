@@ -1,0 +1,47 @@
+"""The `nnunetv2_uc` command line: one subcommand per module.
+
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``, plus a module docstring
+whose first line is the subcommand's one-line help. Modules are imported when the parser is built, so
+they must keep heavy imports (torch, nnU-Net) inside ``run``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from nnunetv2_uc import __version__
+
+# subcommand name -> module implementing it
+SUBCOMMANDS: dict[str, str] = {
+    "cost": "nnunetv2_uc.cost",
+    "import-weights": "nnunetv2_uc.interop",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnunetv2_uc",
+        description="uC 3DU-Net and 3D UX-Net for nnU-Net v2: conversion, training helpers, evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+        sub = subparsers.add_parser(
+            name, help=summary, description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
