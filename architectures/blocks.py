@@ -155,6 +155,23 @@ class UXBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # decoder pieces
 # ----------------------------------------------------------------------------------------------------------
+class SegmentationHead(nn.Module):
+    """1x1x1 conv to class logits: (B, C, *spatial) -> (B, num_classes, *spatial).
+
+    The conv sits under the name ``seg_layers`` because nnU-Net's ``-pretrained_weights`` loader skips keys
+    containing ".seg_layers.", so a checkpoint trained for another label set can be fine-tuned.
+    """
+
+    def __init__(self, input_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.seg_layers = nn.Conv3d(input_channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seg_layers(x)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 def pad_end_to_match(x: torch.Tensor, reference: torch.Tensor, mode: str = "replicate") -> torch.Tensor:
     """Pad ``x`` by one voxel at the END of each spatial axis where ``reference`` is larger (uC 3-D rule)."""
     pads = []

@@ -11,7 +11,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnunetv2_uc.architectures.blocks import DFi, UShapedConnection, conv_norm_act_stack, pad_end_to_match
+from nnunetv2_uc.architectures.blocks import (
+    DFi, SegmentationHead, UShapedConnection, conv_norm_act_stack, pad_end_to_match,
+)
 from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
 
 
@@ -87,7 +89,7 @@ class UC3DUNet(nn.Module):
         )
         self.gated_up = nn.ModuleList(GatedUpBlock(f[level + 1], f[level]) for level in (3, 2, 1))
         self.concat_up = ConcatUpBlock(f[1], f[0], f[5])
-        self.head = nn.Conv3d(f[5], num_classes, 1)
+        self.head = SegmentationHead(f[5], num_classes)
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input_tensor(x, self.input_channels, "UC3DUNet")

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnunetv2_uc.architectures.blocks import LayerNormChannelsFirst, UXBlock, residual_block_3d
+from nnunetv2_uc.architectures.blocks import LayerNormChannelsFirst, SegmentationHead, UXBlock, residual_block_3d
 from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
 
 
@@ -101,7 +101,7 @@ class UXNet(nn.Module):
         widths = [hidden_size] + f[::-1]  # decoder goes hidden -> f3 -> f2 -> f1 -> f0
         self.up_blocks = nn.ModuleList(UXNetUpBlock(c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:]))
         self.head_block = residual_block_3d(f[0], f[0])
-        self.head = nn.Conv3d(f[0], num_classes, 1)
+        self.head = SegmentationHead(f[0], num_classes)
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input_tensor(x, self.input_channels, "UXNet")
