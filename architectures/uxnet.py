@@ -26,7 +26,8 @@ class UXNetEncoder(nn.Module):
         super().__init__()
         if len(feature_sizes) != 4 or len(depths) != 4:
             raise ValueError(f"UXNet needs 4 feature sizes and 4 depths, got {list(feature_sizes)} and {list(depths)}")
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        rates = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
         self.downsample = nn.ModuleList([nn.Sequential(
             nn.Conv3d(input_channels, feature_sizes[0], 7, stride=2, padding=3),
             LayerNormChannelsFirst(feature_sizes[0]),

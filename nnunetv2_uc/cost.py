@@ -1,0 +1,246 @@
+"""Parameters, MACs, latency and peak memory of UX-Net / uC 3DU-Net next to nnU-Net's PlainConvUNet.
+
+MACs follow fvcore's conventions (the spec's reference numbers): convolutions from torch.utils.flop_counter
+(1 multiply-add = 1 MAC; transposed convs counted over input voxels), the grouped 1x1x1 "DCS" layers as the
+convs they are in the original, InstanceNorm/GroupNorm/LayerNorm modules as numel x (5 if affine else 4),
+and nothing for activations, pooling or the original's hand-written channels-first LayerNorm (fvcore does
+not see it). The papers quote thop (uC: 286.43 G) and ptflops (UX-Net: 639.4 G); those counters overcount
+transposed convolutions 8x in 3-D, see the README.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+ARCHS = ("uxnet", "uc3dunet", "plainunet")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# networks
+# ----------------------------------------------------------------------------------------------------------
+def plain_unet_topology(patch: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
+    """What nnU-Net's default planner picks for this patch: stages, kernel sizes, strides, widths."""
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    _, strides, kernels, _, _ = get_pool_and_conv_props(list(spacing), list(patch), 4, 999999)
+    n_stages = len(kernels)
+    return {
+        "n_stages": n_stages,
+        "features_per_stage": [min(320, 32 * 2 ** i) for i in range(n_stages)],
+        "kernel_sizes": [list(k) for k in kernels],
+        "strides": [list(s) for s in strides],
+    }
+
+
+def build_network(arch: str, input_channels: int, num_classes: int, patch: Sequence[int]):
+    """One of ARCHS with its default (paper / nnU-Net) configuration for this patch."""
+    import torch
+    from torch import nn
+
+    if arch == "uxnet":
+        from nnunetv2_uc.architectures import UXNet
+        return UXNet(input_channels, num_classes)
+    if arch == "uc3dunet":
+        from nnunetv2_uc.architectures import UC3DUNet
+        return UC3DUNet(input_channels, num_classes)
+    if arch == "plainunet":
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+        topo = plain_unet_topology(patch)
+        return PlainConvUNet(
+            input_channels, topo["n_stages"], topo["features_per_stage"], nn.Conv3d, topo["kernel_sizes"],
+            topo["strides"], [2] * topo["n_stages"], num_classes, [2] * (topo["n_stages"] - 1), conv_bias=True,
+            norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+            nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False,
+        )
+    raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(arch: str, input_channels: int, num_classes: int, patch: Sequence[int], batch: int = 1) -> int:
+    """MACs of one forward pass (fvcore conventions, see the module docstring), counted on the meta device."""
+    import torch
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nnunetv2_uc.architectures.blocks import DepthwiseChannelScaling
+
+    with torch.device("meta"):
+        model = build_network(arch, input_channels, num_classes, patch).eval()
+        x = torch.empty(batch, input_channels, *patch)
+    norms = (nn.InstanceNorm3d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)
+    extra = [0]
+
+    def count_module(module, _inputs, output):
+        if isinstance(module, DepthwiseChannelScaling):
+            extra[0] += output.numel() * module.weight.shape[1]
+        else:
+            extra[0] += output.numel() * (5 if getattr(module, "weight", None) is not None else 4)
+
+    hooks = [m.register_forward_hook(count_module) for m in model.modules()
+             if isinstance(m, norms + (DepthwiseChannelScaling,))]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return counter.get_total_flops() // 2 + extra[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# timing (one network per fresh process so peak memory is its own)
+# ----------------------------------------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def measure_latency(arch: str, input_channels: int, num_classes: int, patch: Sequence[int], device: str,
+                    repeats: int, warmup: int = 1) -> dict:
+    """Median forward (no grad) and training-step (fwd, CE loss, bwd, SGD step) seconds, and peak memory."""
+    import resource
+
+    import torch
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = build_network(arch, input_channels, num_classes, patch).to(dev)
+    x = torch.randn(1, input_channels, *patch, device=dev)
+    target = torch.randint(0, num_classes, (1, *patch), device=dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), target).backward()
+        optimizer.step()
+
+    def median_seconds(fn) -> float:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    rss_before = _rss_bytes()
+    model.eval()
+    forward_s = median_seconds(forward)
+    model.train()
+    step_s = median_seconds(train_step)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev)
+        memory_kind = "cuda max allocated"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+        memory_kind = "peak RSS growth"
+    return {"forward_s": forward_s, "train_step_s": step_s, "peak_memory_bytes": int(peak), "memory_kind": memory_kind}
+
+
+def _measure_in_subprocess(*args) -> dict:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_latency, *args).result()
+
+
+def cost_report(archs: Sequence[str], patch: Sequence[int], input_channels: int, num_classes: int,
+                device: str = "cpu", repeats: int = 3, timing: bool = True) -> list[dict]:
+    rows = []
+    for arch in archs:
+        model_params = count_parameters(build_network(arch, input_channels, num_classes, patch))
+        row = {"arch": arch, "patch": list(patch), "input_channels": input_channels, "num_classes": num_classes,
+               "parameters": model_params, "gmacs": count_macs(arch, input_channels, num_classes, patch) / 1e9}
+        if timing:
+            row.update(_measure_in_subprocess(arch, input_channels, num_classes, patch, device, repeats))
+            row["device"] = device
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    baseline = next((r for r in rows if r["arch"] == "plainunet"), None)
+    header = ["arch", "params", "GMACs"]
+    timed = "forward_s" in rows[0]
+    if timed:
+        header += ["forward s", "train step s", "peak mem MiB"]
+    if baseline:
+        header += ["MACs x plain"] + (["step x plain"] if timed else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["arch"], f"{r['parameters']:,}", f"{r['gmacs']:.3f}"]
+        if timed:
+            cells += [f"{r['forward_s']:.3f}", f"{r['train_step_s']:.3f}", f"{r['peak_memory_bytes'] / 2**20:.0f}"]
+        if baseline:
+            cells.append(f"{r['gmacs'] / baseline['gmacs']:.2f}")
+            if timed:
+                cells.append(f"{r['train_step_s'] / baseline['train_step_s']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", nargs="+", default=["all"], choices=ARCHS + ("all",),
+                        help="networks to report (default: all three)")
+    parser.add_argument("--patch", nargs=3, type=int, default=[96, 96, 96], metavar=("D0", "D1", "D2"),
+                        help="input patch size (default 96 96 96, the papers' crop)")
+    parser.add_argument("--classes", type=int, default=5, help="output classes (default 5)")
+    parser.add_argument("--input-channels", type=int, default=1, help="input channels (default 1)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time (default cpu)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions; the median is reported")
+    parser.add_argument("--no-timing", action="store_true", help="only parameters and MACs (instant)")
+    parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write the rows as JSON ('-' = stdout)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunetv2_uc.architectures import spatial_shape_problems
+
+    archs = list(ARCHS) if "all" in args.arch else list(dict.fromkeys(args.arch))
+    for arch in archs:
+        if arch in ("uxnet", "uc3dunet"):
+            problems = spatial_shape_problems(args.patch, multiple_of_16=(arch == "uxnet"))
+            if problems:
+                print(f"error: {arch} cannot take patch {args.patch}: " + "; ".join(problems), file=sys.stderr)
+                return 2
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            print("error: --device cuda but no CUDA device is visible; use --device cpu", file=sys.stderr)
+            return 2
+    if not args.no_timing:
+        print(f"timing {', '.join(archs)} at patch {args.patch} on {args.device} "
+              f"({args.repeats} repeats after 1 warm-up; each network in a fresh process)...", file=sys.stderr)
+    rows = cost_report(archs, args.patch, args.input_channels, args.classes, args.device, args.repeats,
+                       timing=not args.no_timing)
+    if args.json_out == "-":
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(format_table(rows))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
