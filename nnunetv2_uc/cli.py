@@ -16,6 +16,8 @@ from nnunetv2_uc import __version__
 SUBCOMMANDS: dict[str, str] = {
     "cost": "nnunetv2_uc.cost",
     "import-weights": "nnunetv2_uc.interop",
+    "evaluate": "nnunetv2_uc.evaluation.cli",
+    "synth": "nnunetv2_uc.synth",
 }
 
 
