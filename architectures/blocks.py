@@ -226,8 +226,9 @@ class SkipUNet2d(nn.Module):
     def __init__(self, channels: Sequence[int]) -> None:
         super().__init__()
         channels = list(channels)
-        if len(channels) < 2:
-            raise ValueError(f"SkipUNet2d needs at least two channel widths, got {channels}")
+        if len(channels) < 2 or any(2 * a != b for a, b in zip(channels[:-1], channels[1:])):
+            # the decoder concatenates skip (L[i-1]) and upsampled (L[i]/2) maps into a conv built for L[i] inputs
+            raise ValueError(f"SkipUNet2d needs >= 2 widths, each double the previous, got {channels}")
         self.channels = channels
         self.encoder = nn.ModuleList(
             nn.Sequential(nn.AvgPool2d(2), double_conv_2d(c_in, c_out))

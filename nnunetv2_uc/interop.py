@@ -202,22 +202,22 @@ def build_from_original_kwargs(arch: str, state: dict, **original_kwargs):
 
 def convert_state_dict(arch: str, model, original_state: dict) -> dict:
     """Our state dict (keys of ``model.state_dict()``) filled from the original keys; raises on any mismatch."""
-    ours = model.state_dict()
-    converted, problems, used = {}, [], set()
-    for name, tensor in ours.items():
-        source = original_key(arch, _canonical_name(model, name))
-        used.add(source)
+    aliases = _alias_table(model)
+    canonical = {aliases.get(name, name): tensor for name, tensor in model.state_dict().items()}
+    found, problems = {}, []
+    for name, tensor in canonical.items():
+        source = original_key(arch, name)
         if source not in original_state:
             problems.append(f"missing {source} (for {name})")
         elif tuple(original_state[source].shape) != tuple(tensor.shape):
             problems.append(f"shape of {source} is {tuple(original_state[source].shape)}, expected {tuple(tensor.shape)}")
         else:
-            converted[name] = original_state[source].to(tensor.dtype)
-    unexpected = sorted(set(original_state) - used)
-    problems += [f"unexpected key {key}" for key in unexpected]
+            found[name] = original_state[source].to(tensor.dtype)
+    used = {original_key(arch, name) for name in canonical}
+    problems += [f"unexpected key {key}" for key in sorted(set(original_state) - used)]
     if problems:
         raise CheckpointError(f"checkpoint does not match {arch} ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
-    return converted
+    return {name: found[aliases.get(name, name)] for name in model.state_dict()}
 
 
 def _canonical_name(model, name: str) -> str:

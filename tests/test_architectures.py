@@ -1,0 +1,124 @@
+"""The faithful networks: sizes, MACs, shapes, gradients, input errors, and the fast paths vs plain torch."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nnunetv2_uc.architectures import UC3DUNet, UXNet, spatial_shape_problems
+from nnunetv2_uc.architectures.blocks import DepthwiseChannelScaling, LayerNormChannelsFirst, UShapedConnection
+from nnunetv2_uc.cost import count_macs, count_parameters
+
+SMALL_UX = dict(feature_sizes=(16, 16, 32, 32), depths=(1, 1, 1, 1), hidden_size=32)
+SMALL_UC = dict(features=(4, 8, 16, 32, 64, 8))
+
+
+@pytest.mark.parametrize("cls, classes, expected", [
+    (UXNet, 5, 53_006_069), (UXNet, 14, 53_006_510), (UC3DUNet, 5, 21_716_235), (UC3DUNet, 14, 21_716_532),
+])
+def test_parameter_counts_match_the_originals(cls, classes, expected):
+    assert count_parameters(cls(1, classes)) == expected
+
+
+@pytest.mark.parametrize("arch, patch, expected_gmacs", [
+    ("uxnet", (96, 96, 96), 579.169), ("uc3dunet", (96, 96, 96), 248.441),
+    ("uxnet", (64, 64, 64), 171.606), ("uc3dunet", (64, 64, 64), 73.612),
+])
+def test_macs_match_fvcore_to_the_third_decimal(arch, patch, expected_gmacs):
+    assert count_macs(arch, 1, 5, patch) / 1e9 == pytest.approx(expected_gmacs, abs=5e-4)
+
+
+def test_networks_have_no_initialize_hook_for_nnunet():
+    # nnU-Net's get_network_from_plans applies network.initialize (He init) if present; the originals use torch defaults
+    assert not hasattr(UXNet(1, 2, **SMALL_UX), "initialize")
+    assert not hasattr(UC3DUNet(1, 2, **SMALL_UC), "initialize")
+
+
+@pytest.mark.parametrize("model, shape", [
+    (UXNet(2, 3, **SMALL_UX), (2, 2, 32, 48, 64)),
+    (UC3DUNet(2, 3, **SMALL_UC), (2, 2, 33, 40, 47)),
+    (UC3DUNet(1, 4, slice_axis="last", **SMALL_UC), (1, 1, 16, 32, 48)),
+])
+def test_output_is_logits_of_the_input_size_and_every_parameter_gets_a_gradient(model, shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    out = model(x)
+    assert out.shape == (shape[0], model.num_classes, *shape[2:])
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("cls, kwargs", [(UXNet, SMALL_UX), (UC3DUNet, SMALL_UC)])
+def test_wrong_channel_count_is_a_clear_error(cls, kwargs):
+    with pytest.raises(ValueError, match="built for 1 input channel.*has 2"):
+        cls(1, 2, **kwargs)(torch.zeros(1, 2, 32, 32, 32))
+
+
+def test_uxnet_rejects_non_multiples_of_16_naming_axis_size_and_nearest():
+    with pytest.raises(ValueError) as error:
+        UXNet(1, 2, **SMALL_UX)(torch.zeros(1, 1, 32, 40, 64))
+    assert "axis 1 has size 40" in str(error.value) and "32 or 48" in str(error.value)
+
+
+@pytest.mark.parametrize("spatial, multiple, fragment", [
+    ((16, 16, 16), True, "single voxel at 1/16"),
+    ((16, 16, 16), False, "single voxel at 1/16"),
+    ((12, 64, 64), False, "axis 0 has size 12 < 16"),
+    ((56, 64, 64), True, "nearest valid: 48 or 64"),
+])
+def test_spatial_shape_problems(spatial, multiple, fragment):
+    assert any(fragment in p for p in spatial_shape_problems(spatial, multiple))
+
+
+@pytest.mark.parametrize("spatial", [(32, 48, 64), (16, 16, 32), (96, 96, 96)])
+def test_valid_sizes_have_no_problems(spatial):
+    assert spatial_shape_problems(spatial, True) == [] and spatial_shape_problems(spatial, False) == []
+
+
+def test_odd_sizes_run_through_uc():
+    assert UC3DUNet(1, 2, **SMALL_UC)(torch.randn(1, 1, 17, 33, 21)).shape == (1, 2, 17, 33, 21)
+
+
+def test_uc_widths_must_double_as_in_the_original():
+    with pytest.raises(ValueError, match="each double the previous"):
+        UC3DUNet(1, 2, features=(6, 8, 16, 32, 64, 8))
+
+
+def test_deep_supervision_is_refused():
+    with pytest.raises(ValueError, match="no deep-supervision"):
+        UXNet(1, 2, deep_supervision=True, **SMALL_UX)
+
+
+@pytest.mark.parametrize("cin, cout", [(8, 32), (32, 8)])
+def test_dcs_equals_the_grouped_conv_it_replaces(cin, cout):
+    torch.manual_seed(0)
+    dcs = DepthwiseChannelScaling(cin, cout)
+    conv = nn.Conv3d(cin, cout, 1, groups=min(cin, cout))
+    conv.load_state_dict(dcs.state_dict())
+    x = torch.randn(2, cin, 3, 4, 5)
+    torch.testing.assert_close(dcs(x.movedim(1, -1)).movedim(-1, 1), conv(x), rtol=1e-5, atol=1e-6)
+
+
+def test_channels_first_layernorm_equals_the_formula():
+    torch.manual_seed(0)
+    norm = LayerNormChannelsFirst(6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 6, 3, 4, 5)
+    mean, var = x.mean(1, keepdim=True), x.var(1, keepdim=True, unbiased=False)
+    expected = (x - mean) / torch.sqrt(var + 1e-6) * norm.weight.view(1, -1, 1, 1, 1) + norm.bias.view(1, -1, 1, 1, 1)
+    torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_slice_axis_first_runs_the_2d_unet_on_planes_of_axis_1_and_2():
+    torch.manual_seed(0)
+    first = UShapedConnection([4, 8, 16], slice_axis="first").eval()
+    last = UShapedConnection([4, 8, 16], slice_axis="last").eval()
+    last.load_state_dict(first.state_dict())
+    x = torch.randn(2, 4, 5, 16, 20)  # 5 slices of 16x20 along axis 0
+    expected = last(x.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)  # same planes, folded as the original does
+    torch.testing.assert_close(first(x), expected)
+    # and each slice is processed on its own
+    torch.testing.assert_close(first(x)[:, :, 2:3], first(x[:, :, 2:3]))
