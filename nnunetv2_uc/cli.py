@@ -15,7 +15,10 @@ from nnunetv2_uc import __version__
 # subcommand name -> module implementing it
 SUBCOMMANDS: dict[str, str] = {
     "cost": "nnunetv2_uc.cost",
+    "convert": "nnunetv2_uc.conversion.cli",
     "import-weights": "nnunetv2_uc.interop",
+    "env": "nnunetv2_uc.registration",
+    "plans-override": "nnunetv2_uc.plans_override",
     "evaluate": "nnunetv2_uc.evaluation.cli",
     "synth": "nnunetv2_uc.synth",
 }
