@@ -1,0 +1,119 @@
+"""Writers for the evaluation result: JSON (NaN as null), the paper-layout markdown table, per-case CSV."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+
+from nnunetv2_uc.evaluation.aggregate import ALL_CLASS_METRICS, to_json_compatible
+
+#: (column title, key, scale): the uC paper's columns (x100 where the paper prints %), then the labelled extras
+TABLE_COLUMNS: tuple[tuple[str, str, float], ...] = (
+    ("IoU (%)", "iou", 100.0),
+    ("Dice (%)", "dice", 100.0),
+    ("VOE (%)", "voe", 100.0),
+    ("HD95 (mm) [1]", "hd95", 1.0),
+    ("HD95 uC (vox) [2]", "hd95_pooled_vox", 1.0),
+    ("ASSD (mm)", "assd", 1.0),
+    ("AdjRand (%) [3]", "ari_binary", 100.0),
+)
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path`` and move it into place (no half-written outputs)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def json_text(summary: dict) -> str:
+    return json.dumps(to_json_compatible(summary), indent=2, allow_nan=False) + "\n"
+
+
+def display_name(label: str | int, name: str) -> str:
+    """``liver (1)`` when the label has a name, just ``1`` otherwise."""
+    return str(label) if name == str(label) else f"{name} ({label})"
+
+
+def _format(value: float | None, scale: float, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value * scale:.{digits}f}"
+
+
+def _row(title: str, count: str, values: dict, stds: dict | None = None) -> str:
+    cells = [title, count]
+    for _, key, scale in TABLE_COLUMNS:
+        cell = _format(values.get(key), scale)
+        if stds is not None and cell != "n/a" and stds.get(key) is not None and not math.isnan(stds[key]):
+            cell += f" ± {_format(stds[key], scale)}"
+        cells.append(cell)
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_table(summary: dict, title: str | None = None) -> str:
+    """The uC paper's layout (per class, then the means), followed by the definitions of every column."""
+    empty = summary["empty_masks"]
+    header = ["Class", "n"] + [column for column, _, _ in TABLE_COLUMNS]
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, name in summary["labels"].items():
+        defined = summary["n_cases"] - empty["n_absent"][label]
+        lines.append(_row(display_name(label, name), str(defined), summary["per_class_mean"][label]))
+    n = str(summary["n_cases"])
+    lines.append(_row("**Mean, class-first** (mIoU)", n, summary["mean"]))
+    lines.append(_row("**Mean, case-first (uC)** ± SD", n, summary["mean_case_first"], summary["std_case_first"]))
+    filled_note = ", ".join(f"{display_name(label, summary['labels'][label])}: {len(cases)}"
+                            for label, cases in empty["filled_cases"].items()) or "none"
+    absent_note = ", ".join(f"{display_name(label, summary['labels'][label])}: {count}"
+                            for label, count in empty["n_absent"].items() if count) or "none"
+    lines += [
+        "",
+        f"Cases: {summary['n_cases']}. Multi-class ARI over all voxels (mean over cases): "
+        f"{_format(summary['mean'].get('ari'), 100.0)} %.",
+        "",
+        "Definitions: Dice = 2TP/(2TP+FP+FN); IoU = TP/(TP+FP+FN), mIoU = its mean over the foreground classes; "
+        "VOE = 1 - IoU; all three x100. Counts over the whole native reference grid. "
+        "Surfaces: voxels not in the 6-connected erosion (outside = background).",
+        "[1] HD95 = max of the two directed 95th percentiles of surface distances, in mm (MONAI / MetricsReloaded).",
+        "[2] HD95 uC = 95th percentile of the pooled two-way surface distances in voxel units: what the uC "
+        "repository computed (medpy without voxelspacing). Not comparable with [1].",
+        "[3] AdjRand = adjusted Rand index of each class's binary masks over all voxels, x100 (the uC 'AdjRand'; "
+        "the mean row is the mean of these). ASSD = mean of the two directed mean surface distances, mm.",
+        "Aggregation: per-class rows = mean over the cases where the class is defined; class-first mean = mean over "
+        "classes of those (nnU-Net); case-first = mean over classes per case, then over cases (uC tables), "
+        "± population SD over cases. n = cases in which the class is defined.",
+        f"Empty masks: a class absent from both GT and prediction is undefined and excluded (absent: {absent_note}). "
+        f"Absent from one side: Dice = IoU = 0, VOE = 100 %, distances = policy {empty['policy']} "
+        f"(filled: {filled_note}).",
+    ]
+    if summary.get("skipped"):
+        lines.append(f"Skipped bad cases: {', '.join(item['case'] for item in summary['skipped'])}.")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(summary: dict) -> str:
+    """One row per (case, class): every per-class metric plus the case's multi-class ARI."""
+    import io
+
+    filled = {(case, label) for label, cases in summary["empty_masks"]["filled_cases"].items() for case in cases}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case", "label", "name", "filled_by_policy", *ALL_CLASS_METRICS, "ari_case"])
+    for entry in summary["per_case"]:
+        for label, metrics in entry["per_class"].items():
+            row = [entry["case"], label, summary["labels"][label], int((entry["case"], label) in filled)]
+            row += ["" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
+                    for v in (metrics[k] for k in ALL_CLASS_METRICS)]
+            writer.writerow(row + [repr(float(entry["ari"]))])
+    return buffer.getvalue()
