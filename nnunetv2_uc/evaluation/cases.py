@@ -128,18 +128,22 @@ def load_label_info(dataset_json: str | None, labels: list[int] | None) -> Label
                      names=names)
 
 
-def reader_for(example_file: str, file_ending: str, reader_writer: str | None):
-    """An instance of the nnU-Net reader/writer class for these files."""
+def reader_class_for(example_files: list[str], file_ending: str, reader_writer: str | None) -> type:
+    """The nnU-Net reader/writer class for these files: dataset.json's override, else the first class that reads
+    one of ``example_files`` (nnU-Net's own rule; a few examples so one broken file does not decide)."""
     from nnunetv2.imageio.reader_writer_registry import (determine_reader_writer_from_file_ending,
                                                          recursive_find_reader_writer_by_name)
 
     if reader_writer and reader_writer != "None":
-        return recursive_find_reader_writer_by_name(reader_writer)()
-    try:
-        return determine_reader_writer_from_file_ending(file_ending, example_file, verbose=False)()
-    except Exception as error:  # nnU-Net raises a bare RuntimeError when no class can read the example
-        raise EvaluationInputError(f"{example_file}: no nnU-Net reader can read this file ({error}); "
-                                   f"check that it is a valid {file_ending} segmentation")
+        return recursive_find_reader_writer_by_name(reader_writer)
+    errors = []
+    for example in example_files[:3]:
+        try:
+            return determine_reader_writer_from_file_ending(file_ending, example, verbose=False)
+        except Exception as error:  # nnU-Net raises a bare RuntimeError when no class can read the example
+            errors.append(f"{example}: {error}")
+    raise EvaluationInputError(f"no nnU-Net reader can read the {file_ending} files ({'; '.join(errors)}); "
+                               f"check that they are valid segmentations")
 
 
 def read_label_map(reader, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -163,8 +167,7 @@ class EvaluationJob:
     """Everything a worker process needs to evaluate one case (picklable)."""
 
     pair: CasePair
-    file_ending: str
-    reader_writer: str | None
+    reader_class: type
     labels: list[int] | None
     ignore_label: int | None
     policy: EmptyMaskPolicy
@@ -202,8 +205,8 @@ def check_pair(name: str, gt: np.ndarray, gt_spacing: np.ndarray, pred: np.ndarr
 
 def evaluate_job(job: EvaluationJob) -> tuple[str, CaseMetrics | None, list[str]]:
     """Read, validate and evaluate one case: (case name, metrics or None, problems)."""
+    reader = job.reader_class()
     try:
-        reader = reader_for(job.pair.gt_path, job.file_ending, job.reader_writer)
         gt, gt_spacing = read_label_map(reader, job.pair.gt_path)
         pred, pred_spacing = read_label_map(reader, job.pair.pred_path)
     except EvaluationInputError as error:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from nnunetv2_uc.evaluation.aggregate import summarize
 from nnunetv2_uc.evaluation.cases import (CasePair, EvaluationInputError, EvaluationJob, LabelInfo, evaluate_job,
-                                          list_cases, load_label_info, match_cases)
+                                          list_cases, load_label_info, match_cases, reader_class_for)
 from nnunetv2_uc.evaluation.metrics import STATUS_FALSE_POSITIVE, CaseMetrics, EmptyMaskPolicy
 
 
@@ -116,7 +116,8 @@ def evaluate_pairs(selection: CaseSelection, info: LabelInfo, empty_policy: str 
         raise EvaluationFailed([p for _, p in problems] + ["no prediction file matches a reference file by name"])
     ending = info.file_ending or _ending_of(selection.pairs[0].gt_path)
     threads = max(1, (os.cpu_count() or 1) // max(1, num_processes))
-    jobs = [EvaluationJob(pair, ending, info.reader_writer, sorted(info.labels) if info.labels else None,
+    reader_class = reader_class_for([pair.gt_path for pair in selection.pairs], ending, info.reader_writer)
+    jobs = [EvaluationJob(pair, reader_class, sorted(info.labels) if info.labels else None,
                           info.ignore_label, policy, threads) for pair in selection.pairs]
     results = _run_jobs(jobs, num_processes)
     problems += [(name, message) for name, _, messages in results for message in messages]
@@ -134,7 +135,7 @@ def evaluate_pairs(selection: CaseSelection, info: LabelInfo, empty_policy: str 
                           for name in sorted(bad_cases)]
     summary["unmatched"] = {"gt_only": selection.gt_only, "pred_only": selection.pred_only}
     evaluated = {name for name, _ in good}
-    summary["files"] = {"file_ending": ending, "reader_writer": info.reader_writer,
+    summary["files"] = {"file_ending": ending, "reader_writer": reader_class.__name__,
                         "cases": {pair.name: {"gt": os.path.abspath(pair.gt_path),
                                               "pred": os.path.abspath(pair.pred_path)}
                                   for pair in selection.pairs if pair.name in evaluated}}

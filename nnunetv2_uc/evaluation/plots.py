@@ -117,12 +117,15 @@ def write_overlay(gt: np.ndarray, pred: np.ndarray, spacing: np.ndarray, label_n
         aspect = float(spacing[shown[0]] / spacing[shown[1]])
         _draw_slice(panel, gt[tuple(index)], pred[tuple(index)], colours, aspect,
                     f"axis {cut} = {point[cut]} (of {gt.shape[cut]})")
+        panel.plot(point[shown[1]], point[shown[0]], marker="+", color="white", markersize=12, markeredgewidth=1.5)
     handles = [Patch(facecolor=colours[l], label=f"{display_name(l, label_names[l])}: Dice "
                      f"{'n/a' if math.isnan(dice_by_label.get(l, math.nan)) else f'{100 * dice_by_label[l]:.1f}'}")
                for l in sorted(label_names)]
     handles += [Line2D([], [], color="black", linestyle="solid", label="reference (GT)"),
                 Line2D([], [], color="black", linestyle="dashed", label="prediction"),
-                Patch(facecolor=(0.25, 0.25, 0.25), label="GT != prediction (lighter)")]
+                Patch(facecolor=(0.25, 0.25, 0.25), label="GT != prediction (lighter)"),
+                Line2D([], [], color="white", marker="+", linestyle="none", markeredgecolor="black",
+                       label="largest error")]
     figure.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     figure.suptitle(f"{case}: slices through the largest error at {point}", fontsize=10)
     figure.tight_layout(rect=(0, 0, 1 - 2.1 / figure.get_figwidth(), 0.95))
@@ -132,16 +135,17 @@ def write_overlay(gt: np.ndarray, pred: np.ndarray, spacing: np.ndarray, label_n
 
 def write_plots(summary: dict, directory: str) -> list[str]:
     """Box plots plus one overlay per evaluated case into ``directory``; returns the written paths."""
-    from nnunetv2_uc.evaluation.cases import read_label_map, reader_for
+    from nnunetv2_uc.evaluation.cases import read_label_map, reader_class_for
 
     os.makedirs(directory, exist_ok=True)
     written = [os.path.join(directory, BOXPLOT_FILE)]
     write_boxplots(summary, written[0])
     files = summary["files"]
     label_names = {int(k): v for k, v in summary["labels"].items()}
+    reader = reader_class_for([files["cases"][e["case"]]["gt"] for e in summary["per_case"]],
+                              files["file_ending"], files["reader_writer"])()
     for entry in summary["per_case"]:
         paths = files["cases"][entry["case"]]
-        reader = reader_for(paths["gt"], files["file_ending"], files["reader_writer"])
         gt, spacing = read_label_map(reader, paths["gt"])
         pred, _ = read_label_map(reader, paths["pred"])
         dice = {int(k): v["dice"] for k, v in entry["per_class"].items()}
