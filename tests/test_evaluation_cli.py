@@ -188,6 +188,11 @@ def test_two_dimensional_png_cases(tmp_path):
     metrics = result["per_case"][0]["per_class"]["1"]
     assert metrics["dice"] == pytest.approx(2 * 80 / 200)
     assert metrics["hd95"] == pytest.approx(2.0) and metrics["hd95_pooled_vox"] == pytest.approx(2.0)
+    from nnunetv2_uc.evaluation.plots import write_plots
+
+    written = write_plots(result, str(tmp_path / "plots"))
+    assert [os.path.basename(p) for p in written] == ["boxplot_dice_hd95.png", "img_overlay.png"]
+    assert os.path.getsize(written[1]) > 5000
 
 
 def test_nnunet_results_mode_pools_folds(folders, tmp_path, monkeypatch, capsys):

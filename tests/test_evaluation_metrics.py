@@ -14,8 +14,8 @@ from nnunetv2_uc.evaluation.metrics import (CLASS_METRICS, DISTANCE_METRIC_UNITS
                                             adjusted_rand_index, binary_ari, class_counts, confusion_matrix,
                                             evaluate_label_maps, surface_mask)
 
-medpy_binary = pytest.importorskip("medpy.metric.binary")  # test extra; installed in CI by `make install-test`
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
+import medpy.metric.binary as medpy_binary  # test extras (pyproject [test]): a missing one must fail, not skip
+import sklearn.metrics as sklearn_metrics
 
 SPACING = np.array([2.5, 0.8, 0.7])  # anisotropic, array order
 _medpy_surface_distances = getattr(medpy_binary, "__surface_distances")  # medpy's directed distances (module-private)
@@ -176,6 +176,20 @@ def test_ari_from_counts_is_exact_for_a_hundred_million_voxels():
     expected = rows * cols / pairs(n)
     exact = (index - expected) / ((rows + cols) / 2 - expected)
     assert binary_ari(tp, fp, fn, tn) == pytest.approx(float(exact), rel=1e-9)
+
+
+def test_ignore_mask_voxels_count_for_nothing():
+    """nnU-Net's ignore label: ignored voxels leave the counts, and are background for the surfaces."""
+    gt = np.zeros((6, 10, 10), np.uint8)
+    gt[1:5, 2:8, 2:8] = 1
+    pred = np.roll(gt, 1, axis=2)
+    ignore = np.zeros(gt.shape, bool)
+    ignore[:, :, 7:] = True  # hides the shifted column of the prediction and part of GT
+    result = evaluate_label_maps(np.where(ignore, 9, gt), pred, SPACING, labels=[1], ignore_mask=ignore)
+    kept = ~ignore
+    expected = evaluate_label_maps(gt[kept].reshape(6, 10, 7), pred[kept].reshape(6, 10, 7), SPACING, labels=[1])
+    assert result.per_class[1] == pytest.approx(expected.per_class[1])
+    assert result.ari == pytest.approx(sklearn_metrics.adjusted_rand_score(gt[kept], pred[kept]))
 
 
 def test_ari_single_cluster_is_one_like_sklearn():
