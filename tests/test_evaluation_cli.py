@@ -223,6 +223,21 @@ def test_nnunet_results_mode_pools_folds(folders, tmp_path, monkeypatch, capsys)
     direct = evaluate_folders(str(gt_dir), str(pred_dir), labels=[1, 2, 3])
     assert document["mean"]["dice"] == pytest.approx(direct["mean"]["dice"])
 
+    # a second trainer whose fold-0 predictions are perfect: one command, one comparison table
+    perfect = results / "nnUNetTrainerY__myPlans__3d_fullres" / "fold_0" / "validation"
+    perfect.mkdir(parents=True)
+    for case in ("case_000", "case_001"):
+        (perfect / f"{case}.nii.gz").write_bytes((gt_dir / f"{case}.nii.gz").read_bytes())
+    table = tmp_path / "compare.md"
+    assert run_cli("--nnunet-results", "987", "nnUNetTrainerX,nnUNetTrainerY", "3d_fullres", "-p", "myPlans",
+                   "--folds", "0", "-o", tmp_path / "cv.json", "--table", table) == 0
+    comparison = table.read_text().split("trainers compared")[1]
+    assert "| nnUNetTrainerY | class-first | 2 | 100.00 | 100.00 | 0.00 | 0.00 | 0.00 | 0.00 | 100.00 | 0 |" in comparison
+    assert "| nnUNetTrainerX | case-first (uC) | 2 |" in comparison
+    assert json.loads((tmp_path / "cv.nnUNetTrainerY.json").read_text())["mean"]["dice"] == 1.0
+    assert json.loads((tmp_path / "cv.nnUNetTrainerX.json").read_text())["n_cases"] == 2
+    capsys.readouterr()
+
     assert run_cli("--nnunet-results", "987", "nnUNetTrainerX", "3d_fullres", "--folds", "0") == 2
     assert "no such training output" in capsys.readouterr().err  # default plans nnUNetPlans do not exist
     assert run_cli("--nnunet-results", "987", "nnUNetTrainerX", "3d_fullres", "-p", "myPlans",

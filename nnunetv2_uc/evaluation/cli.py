@@ -2,7 +2,7 @@
 
 Two modes:
   nnunetv2_uc evaluate --gt GT_DIR --pred PRED_DIR -o OUT.json [--table OUT.md] [--csv OUT.csv] [--plots DIR]
-  nnunetv2_uc evaluate --nnunet-results DATASET TRAINER CONFIG [-p PLANS] [--folds 0 1 2 3 4] [-o OUT.json]
+  nnunetv2_uc evaluate --nnunet-results DATASET TRAINER[,TRAINER2,...] CONFIG [-p PLANS] [--folds 0 1 2 3 4]
 
 Files are matched by case name and read with nnU-Net's reader classes on the reference's native grid and spacing.
 Exit codes: 0 success, 2 bad input (one message per problem; --skip-bad evaluates the rest and lists the skipped
@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     nnunet = parser.add_argument_group("nnU-Net results mode")
     nnunet.add_argument("--nnunet-results", nargs=3, metavar=("DATASET", "TRAINER", "CONFIG"),
                         help="evaluate $nnUNet_results/DATASET/TRAINER__PLANS__CONFIG/fold_*/validation against "
-                             "$nnUNet_preprocessed/DATASET/gt_segmentations and print the paper table")
+                             "$nnUNet_preprocessed/DATASET/gt_segmentations and print the paper table; several "
+                             "comma-separated trainers add a comparison table (-o/--csv then get the trainer name "
+                             "before the extension, --plots a sub-folder per trainer)")
     nnunet.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     nnunet.add_argument("--folds", nargs="+", metavar="FOLD",
                         help="folds to pool (default: every fold_k with a validation folder)")
@@ -66,29 +68,57 @@ def _check_arguments(args) -> list[str]:
     return errors
 
 
+def _trainers(args) -> list[str]:
+    """Trainer names of --nnunet-results (comma-separated to compare several); [] in folders mode."""
+    return [t for t in args.nnunet_results[1].split(",") if t] if args.nnunet_results else []
+
+
+def output_paths(args) -> dict[str | None, dict[str, str | None]]:
+    """Output files per evaluation: the given paths for one evaluation; with several trainers, JSON/CSV get the
+    trainer inserted before the extension (``cv.json`` -> ``cv.TRAINER.json``) and plots go to ``DIR/TRAINER``."""
+    trainers = _trainers(args)
+    if len(trainers) <= 1:
+        return {trainers[0] if trainers else None: {"output": args.output, "csv": args.csv, "plots": args.plots}}
+
+    def derived(path: str | None, trainer: str) -> str | None:
+        if not path:
+            return None
+        stem, extension = os.path.splitext(path)
+        return f"{stem}.{trainer}{extension}"
+
+    return {t: {"output": derived(args.output, t), "csv": derived(args.csv, t),
+                "plots": os.path.join(args.plots, t) if args.plots else None} for t in trainers}
+
+
 def _existing_outputs(args) -> list[str]:
-    existing = [path for path in (args.output, args.table, args.csv) if path and os.path.exists(path)]
-    if args.plots and os.path.isdir(args.plots) and os.listdir(args.plots):
-        existing.append(args.plots)
+    existing = [args.table] if args.table and os.path.exists(args.table) else []
+    for paths in output_paths(args).values():
+        existing += [paths[k] for k in ("output", "csv") if paths[k] and os.path.exists(paths[k])]
+        if paths["plots"] and os.path.isdir(paths["plots"]) and os.listdir(paths["plots"]):
+            existing.append(paths["plots"])
     return existing
 
 
-def _evaluate(args) -> tuple[dict, str]:
-    """Run the chosen mode; returns (summary, table title)."""
+def _evaluate(args) -> list[tuple[str | None, dict, str]]:
+    """Run the chosen mode; returns (trainer or None, summary, table title) per evaluation."""
     if args.nnunet_results:
         from nnunetv2_uc.evaluation.nnunet_results import evaluate_training, locate_training
 
-        dataset, trainer, configuration = args.nnunet_results
-        training = locate_training(dataset, trainer, configuration, args.plans, args.folds)
-        summary = evaluate_training(training, args.processes, args.empty_policy, args.skip_bad, args.labels)
-        title = (f"{training.dataset_name}: {trainer}__{args.plans}__{configuration}, cross-validation folds "
-                 f"{', '.join(summary['inputs']['folds'])}")
-        return summary, title
+        dataset, _, configuration = args.nnunet_results
+        evaluations = []
+        for trainer in _trainers(args):
+            training = locate_training(dataset, trainer, configuration, args.plans, args.folds)
+            summary = evaluate_training(training, args.processes, args.empty_policy, args.skip_bad, args.labels)
+            title = (f"{training.dataset_name}: {trainer}__{args.plans}__{configuration}, cross-validation folds "
+                     f"{', '.join(summary['inputs']['folds'])}")
+            evaluations.append((trainer, summary, title))
+        return evaluations
     from nnunetv2_uc.evaluation.folders import evaluate_folders
 
     summary = evaluate_folders(args.gt, args.pred, args.labels, args.processes, args.dataset_json,
                                args.empty_policy, args.skip_bad)
-    return summary, f"{os.path.basename(os.path.abspath(args.pred))} vs {os.path.basename(os.path.abspath(args.gt))}"
+    title = f"{os.path.basename(os.path.abspath(args.pred))} vs {os.path.basename(os.path.abspath(args.gt))}"
+    return [(None, summary, title)]
 
 
 def run(args) -> int:
@@ -104,10 +134,9 @@ def run(args) -> int:
 
     from nnunetv2_uc.evaluation.cases import EvaluationInputError
     from nnunetv2_uc.evaluation.folders import EvaluationFailed
-    from nnunetv2_uc.evaluation.report import csv_text, json_text, markdown_table, write_atomically
 
     try:
-        summary, title = _evaluate(args)
+        evaluations = _evaluate(args)
     except EvaluationFailed as failure:
         print(f"error: {len(failure.problems)} problem(s); nothing written (use --skip-bad to evaluate the rest):",
               file=sys.stderr)
@@ -116,19 +145,33 @@ def run(args) -> int:
     except EvaluationInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-
-    table = markdown_table(summary, title)
-    if args.output:
-        write_atomically(args.output, json_text(summary))
-    if args.table:
-        write_atomically(args.table, table)
-    if args.csv:
-        write_atomically(args.csv, csv_text(summary))
-    if args.plots:
-        from nnunetv2_uc.evaluation.plots import write_plots
-
-        write_plots(summary, args.plots)
-    print(table)
-    for item in summary["skipped"]:
-        print(f"warning: skipped {item['case']}: {'; '.join(item['problems'])}", file=sys.stderr)
+    _write_outputs(args, evaluations)
     return 0
+
+
+def _write_outputs(args, evaluations: list[tuple[str | None, dict, str]]) -> None:
+    """Every requested file, the tables on stdout and one warning per skipped case on stderr."""
+    from nnunetv2_uc.evaluation.report import comparison_table, csv_text, json_text, markdown_table, write_atomically
+
+    paths = output_paths(args)
+    tables = []
+    for trainer, summary, title in evaluations:
+        tables.append(markdown_table(summary, title))
+        if paths[trainer]["output"]:
+            write_atomically(paths[trainer]["output"], json_text(summary))
+        if paths[trainer]["csv"]:
+            write_atomically(paths[trainer]["csv"], csv_text(summary))
+        if paths[trainer]["plots"]:
+            from nnunetv2_uc.evaluation.plots import write_plots
+
+            write_plots(summary, paths[trainer]["plots"])
+        for item in summary["skipped"]:
+            print(f"warning: skipped {item['case']}: {'; '.join(item['problems'])}", file=sys.stderr)
+    if len(evaluations) > 1:
+        tables.append(comparison_table({trainer: summary for trainer, summary, _ in evaluations},
+                                       f"{evaluations[0][1]['inputs']['model_dir'].split(os.sep)[-2]}: "
+                                       f"trainers compared"))
+    text = "\n".join(tables)
+    if args.table:
+        write_atomically(args.table, text)
+    print(text)

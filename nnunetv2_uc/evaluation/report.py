@@ -51,14 +51,15 @@ def _format(value: float | None, scale: float, digits: int = 2) -> str:
     return f"{value * scale:.{digits}f}"
 
 
-def _row(title: str, count: str, values: dict, stds: dict | None = None) -> str:
-    cells = [title, count]
+def _row(leading: list[str], values: dict, stds: dict | None = None, trailing: tuple[str, ...] = ()) -> str:
+    """A markdown row: ``leading`` cells, the TABLE_COLUMNS values (± ``stds``), ``trailing`` cells."""
+    cells = list(leading)
     for _, key, scale in TABLE_COLUMNS:
         cell = _format(values.get(key), scale)
         if stds is not None and cell != "n/a" and stds.get(key) is not None and not math.isnan(stds[key]):
             cell += f" ± {_format(stds[key], scale)}"
         cells.append(cell)
-    return "| " + " | ".join(cells) + " |"
+    return "| " + " | ".join(cells + list(trailing)) + " |"
 
 
 def markdown_table(summary: dict, title: str | None = None) -> str:
@@ -69,10 +70,10 @@ def markdown_table(summary: dict, title: str | None = None) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, name in summary["labels"].items():
         defined = summary["n_cases"] - empty["n_absent"][label]
-        lines.append(_row(display_name(label, name), str(defined), summary["per_class_mean"][label]))
+        lines.append(_row([display_name(label, name), str(defined)], summary["per_class_mean"][label]))
     n = str(summary["n_cases"])
-    lines.append(_row("**Mean, class-first** (mIoU)", n, summary["mean"]))
-    lines.append(_row("**Mean, case-first (uC)** ± SD", n, summary["mean_case_first"], summary["std_case_first"]))
+    lines.append(_row(["**Mean, class-first** (mIoU)", n], summary["mean"]))
+    lines.append(_row(["**Mean, case-first (uC)** ± SD", n], summary["mean_case_first"], summary["std_case_first"]))
     filled_note = ", ".join(f"{display_name(label, summary['labels'][label])}: {len(cases)}"
                             for label, cases in empty["filled_cases"].items()) or "none"
     absent_note = ", ".join(f"{display_name(label, summary['labels'][label])}: {count}"
@@ -99,6 +100,18 @@ def markdown_table(summary: dict, title: str | None = None) -> str:
     ]
     if summary.get("skipped"):
         lines.append(f"Skipped bad cases: {', '.join(item['case'] for item in summary['skipped'])}.")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_table(summaries: dict[str, dict], title: str) -> str:
+    """One row per evaluation (e.g. trainer) and aggregation order, the paper's columns, definitions as above."""
+    header = ["Trainer", "Aggregation", "n"] + [column for column, _, _ in TABLE_COLUMNS] + ["empty-mask fills"]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, summary in summaries.items():
+        fills = summary["empty_masks"]["n_filled"]
+        for aggregation, key in (("class-first", "mean"), ("case-first (uC)", "mean_case_first")):
+            lines.append(_row([name, aggregation, str(summary["n_cases"])], summary[key], trailing=(str(fills),)))
+    lines += ["", "Columns and conventions as defined under the per-trainer tables; n = evaluated cases."]
     return "\n".join(lines) + "\n"
 
 
