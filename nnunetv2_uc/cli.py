@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plans-override": "nnunetv2_uc.plans_override",
     "evaluate": "nnunetv2_uc.evaluation.cli",
     "synth": "nnunetv2_uc.synth",
+    "demo": "nnunetv2_uc.demo",
 }
 
 

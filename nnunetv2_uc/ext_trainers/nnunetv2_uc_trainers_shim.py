@@ -6,3 +6,4 @@ from nnunetv2_uc.trainers import (  # noqa: F401
     nnUNetTrainerUC, nnUNetTrainerUC_SGD, nnUNetTrainerUC_SGD_tiny, nnUNetTrainerUC_tiny,
     nnUNetTrainerUXNet, nnUNetTrainerUXNet_SGD, nnUNetTrainerUXNet_SGD_tiny, nnUNetTrainerUXNet_tiny,
 )
+from nnunetv2_uc.trainers.demo_trainers import nnUNetTrainerUC_demo, nnUNetTrainerUXNet_demo  # noqa: F401

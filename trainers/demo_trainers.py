@@ -1,0 +1,132 @@
+"""Time-budgeted trainers for `nnunetv2_uc demo` (DEMO ONLY: short schedules on small synthetic data).
+
+``nnUNetTrainerUC_demo`` / ``nnUNetTrainerUXNet_demo`` keep everything of the plugin trainers (network built
+from the plans, AdamW + poly LR, nnU-Net's loss, sampling and augmentation) and change only what a
+minutes-long run on 2 CPU cores needs:
+
+- a fixed, small patch and batch (written into the plans, so nnUNetv2_predict builds the same network);
+- short epochs (20 training + 2 validation iterations);
+- the number of epochs is fitted to a wall-clock budget: after nnU-Net's ``on_train_start`` the trainer
+  times a few real training iterations and sets ``num_epochs`` (and the poly-LR horizon) so that training
+  ends within ``$nnunetv2_uc_demo_train_seconds`` seconds of the trainer's start (default 300);
+- no mirroring (neither as augmentation nor as test-time augmentation in the final validation): the
+  synthetic anatomy is lateralised and a short schedule learns faster without it.
+
+Use the regular trainers (``nnUNetTrainerUC``, ``nnUNetTrainerUXNet``) for real data.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+from time import perf_counter
+
+import torch
+
+from nnunetv2_uc.trainers.plans_preparation import FIXED_PATCH_KEY
+from nnunetv2_uc.trainers.uc_trainers import nnUNetTrainerUC
+from nnunetv2_uc.trainers.uxnet_trainers import nnUNetTrainerUXNet
+
+BUDGET_ENV = "nnunetv2_uc_demo_train_seconds"
+DEFAULT_BUDGET_S = 300.0
+CALIBRATION_STEPS = 3
+MAX_EPOCHS = 1000
+EPOCH_OVERHEAD_S = 1.0  # logging, progress.png, checkpoint_best
+
+
+def train_budget_seconds() -> float:
+    """The training budget from ``$nnunetv2_uc_demo_train_seconds`` (seconds, > 0)."""
+    raw = os.environ.get(BUDGET_ENV)
+    if raw is None:
+        return DEFAULT_BUDGET_S
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(f"{BUDGET_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def epochs_for_budget(remaining_s: float, seconds_per_iteration: float, iterations: int, val_iterations: int,
+                      done_epochs: int = 0, max_epochs: int = MAX_EPOCHS) -> int:
+    """Total epoch count so that the epochs still to run fit in ``remaining_s`` (at least one more epoch).
+
+    A validation iteration (forward only) is counted as half a training iteration.
+    """
+    epoch_s = seconds_per_iteration * (iterations + 0.5 * val_iterations) + EPOCH_OVERHEAD_S
+    more = int(max(remaining_s, 0.0) // epoch_s)
+    return min(max_epochs, done_epochs + max(1, more))
+
+
+class DemoScheduleMixin:
+    """Fixed small patch, short epochs and a wall-clock-fitted epoch count (see the module docstring)."""
+
+    demo_patch_size: tuple[int, int, int] = (32, 64, 64)
+    demo_batch_size: int = 2
+    demo_iterations: int = 20
+    demo_val_iterations: int = 2
+
+    @classmethod
+    def _fix_demo_patch(cls, plans: dict, configuration: str) -> None:
+        """Write the demo patch and batch into the plans before the trainer reads them (saved to plans.json)."""
+        config = plans.get("configurations", {}).get(configuration)
+        if config is None:
+            return  # the parent trainer reports the missing configuration with the fix
+        config["patch_size"] = list(cls.demo_patch_size)
+        config["batch_size"] = cls.demo_batch_size
+        config[FIXED_PATCH_KEY] = True
+
+    def _use_demo_schedule(self) -> None:
+        self.num_iterations_per_epoch = self.demo_iterations
+        self.num_val_iterations_per_epoch = self.demo_val_iterations
+        self.num_epochs = MAX_EPOCHS  # replaced by the fitted count in on_train_start
+        self.save_every = 5
+        self.demo_budget_s = train_budget_seconds()
+        self.demo_started = perf_counter()
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch, None
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._fit_epochs_to_budget()
+
+    def _fit_epochs_to_budget(self) -> None:
+        """Time real training iterations (they count as training) and size ``num_epochs`` to the budget."""
+        self.network.train()
+        durations = []
+        for _ in range(CALIBRATION_STEPS):
+            t0 = perf_counter()
+            self.train_step(next(self.dataloader_train))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            durations.append(perf_counter() - t0)
+        per_iteration = statistics.median(durations[1:])
+        remaining = self.demo_budget_s - (perf_counter() - self.demo_started)
+        self.num_epochs = epochs_for_budget(remaining, per_iteration, self.num_iterations_per_epoch,
+                                            self.num_val_iterations_per_epoch, self.current_epoch)
+        self.lr_scheduler.max_steps = self.num_epochs
+        self.print_to_log_file(
+            f"[nnunetv2_uc demo] {per_iteration:.2f} s per training iteration; budget {self.demo_budget_s:.0f} s, "
+            f"{remaining:.0f} s left -> {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations "
+            f"(patch {list(self.configuration_manager.patch_size)}, batch {self.batch_size})"
+        )
+
+
+class nnUNetTrainerUC_demo(DemoScheduleMixin, nnUNetTrainerUC):
+    """uC 3DU-Net for `nnunetv2_uc demo`: time-budgeted short schedule; DEMO ONLY."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        self._fix_demo_patch(plans, configuration)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._use_demo_schedule()
+
+
+class nnUNetTrainerUXNet_demo(DemoScheduleMixin, nnUNetTrainerUXNet):
+    """3D UX-Net for `nnunetv2_uc demo`: time-budgeted short schedule; DEMO ONLY."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        self._fix_demo_patch(plans, configuration)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._use_demo_schedule()
