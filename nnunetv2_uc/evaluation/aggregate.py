@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
@@ -108,10 +107,8 @@ def _empty_mask_report(per_case: list[dict], statuses: dict[int, dict[str, list[
         kept = [entry for entry in per_case if entry["case"] not in filled[label]]
         without_fills[str(label)] = {m: _nanmean(e["per_class"][str(label)][m] for e in kept)
                                      for m in DISTANCE_METRIC_UNITS}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean_without_fills = {m: _nanmean(without_fills[str(label)][m] for label in label_ids)
-                              for m in DISTANCE_METRIC_UNITS}
+    mean_without_fills = {m: _nanmean(without_fills[str(label)][m] for label in label_ids)
+                          for m in DISTANCE_METRIC_UNITS}
     return {
         "policy": policy.describe(),
         "n_absent": {str(label): len(statuses[label].get(STATUS_ABSENT, [])) for label in label_ids},
