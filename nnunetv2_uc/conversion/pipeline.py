@@ -1,0 +1,291 @@
+"""The conversion pipeline shared by every dataset.
+
+discovery (dataset module) -> validation of every case, collecting all problems -> parallel per-case writing
+into a hidden temporary folder next to the target -> dataset.json and splits -> atomic move into place.
+Nothing is visible under ``$nnUNet_raw`` until every case has been written successfully.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+from nnunetv2_uc.conversion.cases import FILE_ENDING, TEST, TRAIN, CaseOutcome, CaseSource, Inspection
+from nnunetv2_uc.conversion.splits import SplitPlan, check_split_consistency
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+SPLITS_FILE = "splits_final.json"
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+class ConversionError(Exception):
+    """The conversion was refused; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[str], headline: str = "conversion refused"):
+        self.problems = problems
+        super().__init__(f"{headline}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class DatasetPlan:
+    """Everything a dataset module discovered; the pipeline turns it into a dataset folder."""
+
+    dataset_id: int
+    name: str
+    channel_names: dict[str, str]
+    labels: dict[str, int] | None  # None: inferred from the written masks (uC layout without --labels)
+    cases: list[CaseSource]
+    split: SplitPlan | None
+    reference: str
+    licence: str
+    description: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra_json: dict = field(default_factory=dict)
+    extra_files: dict[str, str] = field(default_factory=dict)  # file name in the dataset folder -> text
+
+    @property
+    def folder_name(self) -> str:
+        return f"Dataset{self.dataset_id:03d}_{self.name}"
+
+
+@dataclass
+class ConversionResult:
+    dataset_dir: Path
+    splits_files: list[Path]
+    num_training: int
+    num_test: int
+    header_repaired: list[str]
+    warnings: list[str]
+    notes: list[str]
+
+
+def _environment_folder(variable: str) -> Path | None:
+    value = os.environ.get(variable)
+    return Path(value) if value else None
+
+
+def _map(function: Callable[[_T], _R], items: list[_T], processes: int, description: str) -> list[_R]:
+    """Apply ``function`` to every item with a progress bar, in ``processes`` worker processes.
+
+    Each worker handles one case at a time, so memory stays at one case per worker.
+    """
+    from tqdm import tqdm
+
+    progress = dict(total=len(items), desc=description, unit="case", file=sys.stderr, leave=True)
+    if processes <= 1 or len(items) <= 1:
+        return [function(item) for item in tqdm(items, **progress)]
+    # spawn: SimpleITK keeps a thread pool, which does not survive fork() reliably
+    with multiprocessing.get_context("spawn").Pool(min(processes, len(items))) as pool:
+        return list(tqdm(pool.imap(function, items, chunksize=1), **progress))
+
+
+def _inspect(case: CaseSource) -> Inspection:
+    return case.inspect()
+
+
+def _write(job: tuple[CaseSource, Path]) -> CaseOutcome:
+    case, dataset_dir = job
+    image_path = dataset_dir / f"images{case.subset}" / f"{case.case_id}_0000{FILE_ENDING}"
+    label_path = dataset_dir / f"labels{case.subset}" / f"{case.case_id}{FILE_ENDING}" if case.has_label else None
+    return case.write(image_path, label_path)
+
+
+def _check_plan(plan: DatasetPlan) -> list[str]:
+    """Problems visible without opening any file: names, ids, duplicate cases, split consistency."""
+    problems = []
+    if not 1 <= plan.dataset_id <= 999:
+        problems.append(f"--dataset-id {plan.dataset_id} is outside nnU-Net's range 1..999")
+    if not NAME_PATTERN.match(plan.name):
+        problems.append(f"--name {plan.name!r}: use letters, digits, '_' and '-' only")
+    seen: dict[str, int] = {}
+    for case in plan.cases:
+        seen[case.case_id] = seen.get(case.case_id, 0) + 1
+    duplicates = sorted(case_id for case_id, count in seen.items() if count > 1)
+    if duplicates:
+        problems.append(f"case ids found more than once (same case in two folders?): {duplicates}")
+    training = [c for c in plan.cases if c.subset == TRAIN]
+    unlabelled = sorted(c.case_id for c in training if not c.has_label)
+    if unlabelled:
+        problems.append(f"training cases without a label: {unlabelled}")
+    if not training:
+        problems.append("no labelled training case was found; check --input")
+    if plan.split is not None and plan.split.folds is not None:
+        problems.extend(check_split_consistency(plan.split.folds, {c.case_id for c in training}))
+    return problems
+
+
+def _check_targets(plan: DatasetPlan, raw_root: Path, preprocessed_root: Path | None, overwrite: bool) -> list[str]:
+    """The target folder may only be replaced with --overwrite, and the id must not be used by another name."""
+    problems = []
+    target = raw_root / plan.folder_name
+    if target.exists() and not overwrite:
+        problems.append(f"{target} already exists; pass --overwrite to replace it (it is left untouched)")
+    for root in (raw_root, preprocessed_root):
+        if root is None or not root.is_dir():
+            continue
+        for other in sorted(root.glob(f"Dataset{plan.dataset_id:03d}_*")):
+            if other.is_dir() and other.name != plan.folder_name:
+                problems.append(f"dataset id {plan.dataset_id} is already used by {other}; choose another "
+                                f"--dataset-id or --name {other.name.split('_', 1)[1]}")
+    if preprocessed_root is not None and plan.split is not None and plan.split.folds is not None:
+        existing = preprocessed_root / plan.folder_name / SPLITS_FILE
+        if existing.exists() and not overwrite and _load_json(existing) != plan.split.folds:
+            problems.append(f"{existing} exists with a different split; pass --overwrite to replace it")
+    return problems
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomically(data, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=destination.parent, prefix=f".{destination.name}.",
+                                     suffix=".tmp", delete=False) as handle:
+        json.dump(data, handle, indent=4)
+        temporary = Path(handle.name)
+    os.replace(temporary, destination)
+
+
+def _collect(outcomes: Iterable[CaseOutcome]) -> tuple[list[str], list[str]]:
+    problems, warnings = [], []
+    for outcome in sorted(outcomes, key=lambda o: o.case_id):
+        problems.extend(outcome.problems)
+        warnings.extend(outcome.warnings)
+    return problems, warnings
+
+
+def _infer_labels(outcomes: list[CaseOutcome]) -> tuple[dict[str, int], list[str]]:
+    """Labels 0..max from the values found, for layouts that do not say which labels exist."""
+    values = sorted({v for o in outcomes for v in o.label_values} | {0})
+    if values != list(range(values[-1] + 1)):
+        return {}, [f"label values found {values} are not consecutive 0..N; pass --labels to name them"]
+    labels = {"background": 0} | {f"label_{v}": v for v in values[1:]}
+    return labels, []
+
+
+def _check_label_values(outcomes: list[CaseOutcome], labels: dict[str, int]) -> list[str]:
+    allowed = set(labels.values())
+    problems = []
+    for outcome in sorted(outcomes, key=lambda o: o.case_id):
+        unexpected = sorted(set(outcome.label_values) - allowed)
+        if unexpected:
+            problems.append(f"{outcome.case_id}: label values {unexpected} are not declared "
+                            f"(declared: {sorted(allowed)})")
+    return problems
+
+
+def _dataset_json_extras(plan: DatasetPlan, repaired: list[str], resized: list[str]) -> dict:
+    extras = dict(plan.extra_json)
+    extras["converted_by"] = "nnunetv2_uc convert"
+    if plan.split is not None:
+        extras["split_protocol"] = plan.split.protocol
+        extras["split_source"] = plan.split.source
+        extras["holdout_cases"] = sorted(plan.split.holdout)
+    case_metadata = {c.case_id: dict(c.metadata) for c in sorted(plan.cases, key=lambda c: c.case_id)
+                     if c.metadata}
+    if case_metadata:
+        extras["case_metadata"] = case_metadata
+    if repaired:
+        extras["header_repaired_cases"] = repaired
+    if resized:
+        extras["test_labels_on_original_grid"] = resized
+    return extras
+
+
+def _write_metadata(plan: DatasetPlan, work_dir: Path, labels: dict[str, int], num_training: int,
+                    extras: dict) -> None:
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    generate_dataset_json(
+        str(work_dir), channel_names=dict(plan.channel_names), labels=dict(labels),
+        num_training_cases=num_training, file_ending=FILE_ENDING, dataset_name=plan.folder_name,
+        reference=plan.reference, license=plan.licence, description=plan.description,
+        converted_by="nnunetv2_uc convert", **{k: v for k, v in extras.items() if k != "converted_by"},
+    )
+    if plan.split is not None and plan.split.folds is not None:
+        _write_json_atomically(plan.split.folds, work_dir / SPLITS_FILE)
+    for file_name, text in plan.extra_files.items():
+        (work_dir / file_name).write_text(text)
+
+
+def _move_into_place(work_dir: Path, target: Path) -> None:
+    """Replace ``target`` by ``work_dir`` with renames only (same file system), keeping the old one until done."""
+    backup = None
+    if target.exists():
+        backup = target.parent / f".{target.name}.replaced-{os.getpid()}"
+        os.replace(target, backup)
+    os.replace(work_dir, target)
+    if backup is not None:
+        shutil.rmtree(backup)
+
+
+def run_conversion(plan: DatasetPlan, processes: int = 1, overwrite: bool = False,
+                   raw_root: Path | None = None, preprocessed_root: Path | None = None) -> ConversionResult:
+    """Validate, write and move the dataset into place; raises ConversionError listing every problem."""
+    raw_root = raw_root or _environment_folder("nnUNet_raw")
+    preprocessed_root = preprocessed_root or _environment_folder("nnUNet_preprocessed")
+    if raw_root is None:
+        raise ConversionError(["the environment variable nnUNet_raw is not set; export nnUNet_raw=/path/to/raw"])
+
+    problems = plan.problems + _check_plan(plan) + _check_targets(plan, raw_root, preprocessed_root, overwrite)
+    inspections = _map(_inspect, plan.cases, processes, "checking")
+    problems += [p for i in inspections for p in i.problems]
+    warnings = [w for i in inspections for w in i.warnings]
+    if problems:
+        raise ConversionError(problems, f"{plan.folder_name}: nothing was written")
+
+    raw_root.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{plan.folder_name}.partial-", dir=raw_root))
+    try:
+        return _write_dataset(plan, work_dir, raw_root, preprocessed_root, processes, warnings)
+    finally:
+        if work_dir.exists():
+            shutil.rmtree(work_dir)
+
+
+def _write_dataset(plan: DatasetPlan, work_dir: Path, raw_root: Path, preprocessed_root: Path | None,
+                   processes: int, warnings: list[str]) -> ConversionResult:
+    subsets = {c.subset for c in plan.cases}
+    for folder in ["imagesTr", "labelsTr"] + (["imagesTs"] if TEST in subsets else []) + \
+            (["labelsTs"] if any(c.subset == TEST and c.has_label for c in plan.cases) else []):
+        (work_dir / folder).mkdir()
+    outcomes = _map(_write, [(c, work_dir) for c in plan.cases], processes, "converting")
+    problems, case_warnings = _collect(outcomes)
+    labels, label_problems = (plan.labels, []) if plan.labels is not None else _infer_labels(outcomes)
+    problems += label_problems or _check_label_values(outcomes, labels)
+    if problems:
+        raise ConversionError(problems, f"{plan.folder_name}: nothing was written")
+
+    repaired = sorted(o.case_id for o in outcomes if o.header_repaired)
+    resized = sorted(o.case_id for o in outcomes if o.label_resampled_grid_differs)
+    num_training = sum(c.subset == TRAIN for c in plan.cases)
+    _write_metadata(plan, work_dir, labels, num_training, _dataset_json_extras(plan, repaired, resized))
+    target = raw_root / plan.folder_name
+    _move_into_place(work_dir, target)
+
+    splits_files = []
+    if plan.split is not None and plan.split.folds is not None:
+        splits_files.append(target / SPLITS_FILE)
+        if preprocessed_root is not None:
+            placed = preprocessed_root / plan.folder_name / SPLITS_FILE
+            _write_json_atomically(plan.split.folds, placed)
+            splits_files.append(placed)
+    notes = list(plan.notes) + (plan.split.notes if plan.split else [])
+    if resized:
+        notes.append(f"{len(resized)} test label(s) kept at their original grid (predictions must be resized "
+                     f"nearest-neighbour before evaluation): {resized}")
+    return ConversionResult(target, splits_files, num_training, sum(c.subset == TEST for c in plan.cases),
+                            repaired, warnings + case_warnings, notes)
