@@ -134,15 +134,10 @@ def gpu_target_budget_bytes(configuration: dict, input_channels: int, num_classe
     return int(activation_bytes_b2 / elements * reference) + parameter_bytes(network, optimizer_slots=1)
 
 
-def round_to_16(patch: Sequence[int], median_shape: Sequence[float]) -> tuple[int, ...]:
-    """Each axis to a multiple of 16 (at least 16): up, so the patch covers what nnU-Net planned, unless that
-    exceeds the median image size on the axis; then down."""
-    rounded = []
-    for size, median in zip(patch, median_shape):
-        up = max(MIN_AXIS, math.ceil(size / MIN_AXIS) * MIN_AXIS)
-        down = max(MIN_AXIS, (size // MIN_AXIS) * MIN_AXIS)
-        rounded.append(up if up <= median else down)
-    return tuple(rounded)
+def round_to_16(patch: Sequence[int]) -> tuple[int, ...]:
+    """Each axis up to the next multiple of 16 (at least 16), so the patch still covers what nnU-Net planned
+    (nnU-Net pads images smaller than the patch); the memory check may shrink it afterwards."""
+    return tuple(max(MIN_AXIS, math.ceil(s / MIN_AXIS) * MIN_AXIS) for s in patch)
 
 
 def _shrink_candidates(patch: tuple[int, ...], median_shape: Sequence[float]) -> list[tuple[int, ...]]:
@@ -169,11 +164,11 @@ def adapt_patch_size(planned: Sequence[int], median_shape: Sequence[float], batc
     Raises PatchAdaptationError when no valid patch (every axis >= 16, more than one voxel at 1/16) fits.
     """
     planned = tuple(int(s) for s in planned)
-    patch = round_to_16(planned, median_shape)
+    patch = round_to_16(planned)
     reasons = []
     if patch != planned:
-        reasons.append(f"{network_name} needs every patch axis to be a multiple of 16: rounded {list(planned)} to "
-                       f"{list(patch)} (up where the median image size {[round(m) for m in median_shape]} allows)")
+        reasons.append(f"{network_name} needs every patch axis to be a multiple of 16: rounded {list(planned)} up "
+                       f"to {list(patch)}")
     problems = spatial_shape_problems(patch, multiple_of_16=True)
     if problems:  # e.g. 16x16x16 leaves one voxel at 1/16; grow the largest axis
         axis = max(range(len(patch)), key=lambda a: median_shape[a])

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Train folds 0-4 of one trainer with the stock nnUNetv2_train, one fold per visible GPU in parallel
+# (queueing when there are fewer GPUs than folds), then run nnUNetv2_find_best_configuration.
+#
+# Usage: scripts/train_5fold.sh [--dry-run] [--gpus "0 1 2 3"] DATASET TRAINER [CONFIG] [-- EXTRA nnUNetv2_train ARGS]
+#   DATASET  dataset id or name;  TRAINER  e.g. nnUNetTrainerUC;  CONFIG  default 3d_fullres
+#   --dry-run  print the commands (one per line) instead of running them
+#   --gpus     GPU ids to use (default: CUDA_VISIBLE_DEVICES, else all of nvidia-smi -L, else CPU)
+# Each fold runs as `CUDA_VISIBLE_DEVICES=<gpu> nnUNetv2_train D CONFIG FOLD -tr TRAINER --npz` and logs to
+# $nnUNet_results/train_5fold_logs/. For one big fold on several GPUs use nnU-Net's DDP instead:
+#   nnUNetv2_train D CONFIG 0 -tr TRAINER -num_gpus N   (batch size must be >= N)
+set -euo pipefail
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+
+dry_run=0
+gpus="${CUDA_VISIBLE_DEVICES:-}"
+positional=()
+extra=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --dry-run) dry_run=1; shift ;;
+        --gpus) gpus="$2"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; extra=("$@"); break ;;
+        *) positional+=("$1"); shift ;;
+    esac
+done
+if [[ ${#positional[@]} -lt 2 || ${#positional[@]} -gt 3 ]]; then
+    usage >&2
+    echo "error: give DATASET and TRAINER (and optionally CONFIG)" >&2
+    exit 2
+fi
+dataset="${positional[0]}"; trainer="${positional[1]}"; config="${positional[2]:-3d_fullres}"
+
+if [[ -z "$gpus" ]] && command -v nvidia-smi >/dev/null 2>&1; then
+    gpus="$(nvidia-smi -L 2>/dev/null | awk -F'[ :]' '/^GPU/{printf "%s ", $2}')"
+fi
+gpus="${gpus//,/ }"
+read -r -a gpu_list <<< "$gpus"
+
+if [[ $dry_run -eq 0 ]]; then
+    if [[ -z "${nnUNet_extTrainer:-}" ]] && command -v nnunetv2_uc >/dev/null 2>&1; then
+        eval "$(nnunetv2_uc env)"
+    fi
+    : "${nnUNet_results:?set nnUNet_results (and nnUNet_raw, nnUNet_preprocessed) first}"
+fi
+
+fold_command() {  # fold gpu
+    local prefix=""
+    if [[ -n "$2" ]]; then prefix="CUDA_VISIBLE_DEVICES=$2 "; fi
+    local device=""
+    if [[ -z "$2" ]]; then device=" -device cpu"; fi
+    echo "${prefix}nnUNetv2_train $dataset $config $1 -tr $trainer --npz$device${extra[*]:+ ${extra[*]}}"
+}
+
+n_slots=${#gpu_list[@]}
+if [[ $n_slots -eq 0 ]]; then n_slots=1; fi
+find_best="nnUNetv2_find_best_configuration $dataset -c $config -tr $trainer"
+for ((i = 0; i < ${#extra[@]}; i++)); do  # the same plans for find_best
+    if [[ "${extra[$i]}" == "-p" && $((i + 1)) -lt ${#extra[@]} ]]; then find_best+=" -p ${extra[$((i + 1))]}"; fi
+done
+
+if [[ $dry_run -eq 1 ]]; then
+    for fold in 0 1 2 3 4; do
+        fold_command "$fold" "${gpu_list[$((fold % n_slots))]:-}"
+    done
+    echo "$find_best"
+    exit 0
+fi
+
+log_dir="$nnUNet_results/train_5fold_logs"
+mkdir -p "$log_dir"
+declare -A slot_pid=()
+failed=0
+for fold in 0 1 2 3 4; do
+    slot=$((fold % n_slots))
+    if [[ -n "${slot_pid[$slot]:-}" ]]; then  # queue: wait for this slot's previous fold
+        wait "${slot_pid[$slot]}" || failed=1
+    fi
+    cmd="$(fold_command "$fold" "${gpu_list[$slot]:-}")"
+    echo "[train_5fold] $cmd  (log: $log_dir/${trainer}_${config}_fold$fold.log)"
+    bash -c "$cmd" > "$log_dir/${trainer}_${config}_fold$fold.log" 2>&1 &
+    slot_pid[$slot]=$!
+done
+for pid in "${slot_pid[@]}"; do wait "$pid" || failed=1; done
+if [[ $failed -ne 0 ]]; then
+    echo "[train_5fold] a fold failed; see $log_dir. Re-run the failed fold with --c to resume it." >&2
+    exit 1
+fi
+echo "[train_5fold] $find_best"
+$find_best
