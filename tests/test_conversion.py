@@ -1,0 +1,205 @@
+"""Converters end to end on fake releases: FLARE2021, BTCV and the uC layout, plus nnU-Net's integrity check on
+every converter's output."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import fake_raw_datasets as fake
+from nnunetv2_uc.cli import main
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch) -> dict[str, Path]:
+    folders = {name: tmp_path / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for name, folder in folders.items():
+        monkeypatch.setenv(name, str(folder))
+    return folders
+
+
+def convert(*argv: str) -> int:
+    return main(["convert", *argv, "-j", "1"])
+
+
+def read(path: Path) -> tuple[np.ndarray, sitk.Image]:
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), image
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_valid_nnunet_dataset(dataset: Path) -> dict:
+    """The checks the spec asks of every converter's output; returns dataset.json."""
+    dataset_json = json.loads((dataset / "dataset.json").read_text())
+    assert {"channel_names", "labels", "numTraining", "file_ending"} <= set(dataset_json)
+    images = sorted((dataset / "imagesTr").iterdir())
+    assert dataset_json["numTraining"] == len(images) == len(list((dataset / "labelsTr").iterdir()))
+    declared = set(dataset_json["labels"].values())
+    for subset in ("Tr", "Ts"):
+        if not (dataset / f"labels{subset}").is_dir():
+            continue
+        for label_path in sorted((dataset / f"labels{subset}").iterdir()):
+            image_path = dataset / f"images{subset}" / label_path.name.replace(".nii.gz", "_0000.nii.gz")
+            labels, label_image = read(label_path)
+            assert label_image.GetPixelID() == sitk.sitkUInt8
+            assert set(np.unique(labels).tolist()) <= declared, label_path
+            image = sitk.ReadImage(str(image_path))
+            if dataset_json.get("test_labels_on_original_grid") and label_path.stem.split(".")[0] in \
+                    dataset_json["test_labels_on_original_grid"]:
+                continue
+            assert image.GetSize() == label_image.GetSize()
+            assert image.GetSpacing() == label_image.GetSpacing()
+            assert image.GetOrigin() == label_image.GetOrigin()
+            assert image.GetDirection() == label_image.GetDirection()
+    for folder in ("imagesTr", "imagesTs"):
+        if (dataset / folder).is_dir():
+            assert all(p.name.endswith("_0000.nii.gz") for p in (dataset / folder).iterdir())
+    training_ids = {p.name[: -len("_0000.nii.gz")] for p in images}
+    if (dataset / "splits_final.json").is_file():
+        for fold in json.loads((dataset / "splits_final.json").read_text()):
+            assert set(fold["train"]) | set(fold["val"]) <= training_ids
+            assert not set(fold["train"]) & set(fold["val"])
+    holdout = set(dataset_json.get("holdout_cases", []))
+    assert not holdout & training_ids
+    return dataset_json
+
+
+def test_flare2021_uxnet_holdout_and_default_folds(tmp_path, nnunet_env, capsys):
+    info = fake.make_flare2021(tmp_path / "FLARE21")
+    assert convert("flare2021", "--input", str(tmp_path / "FLARE21")) == 0
+    dataset = nnunet_env["nnUNet_raw"] / "Dataset501_FLARE2021"
+    dataset_json = assert_valid_nnunet_dataset(dataset)
+
+    assert dataset_json["channel_names"] == {"0": "CT"}
+    assert dataset_json["labels"] == {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
+    assert dataset_json["numTraining"] == 6
+    assert dataset_json["split_protocol"] == "uxnet_holdout_20"
+    assert sorted(p.name for p in (dataset / "imagesTs").iterdir()) == [
+        "train_036_0000.nii.gz", "validation_001_0000.nii.gz"]
+    assert [p.name for p in (dataset / "labelsTs").iterdir()] == ["train_036.nii.gz"]
+    # images are copied byte for byte; the float mask of train_036 became uint8 with the same values
+    source = tmp_path / "FLARE21"
+    assert digest(dataset / "imagesTr" / "train_003_0000.nii.gz") == digest(source / "TrainingImg" /
+                                                                           "train_003_0000.nii.gz")
+    written, _ = read(dataset / "labelsTs" / "train_036.nii.gz")
+    original, _ = read(source / "TrainingMask" / "train_036.nii.gz")
+    np.testing.assert_array_equal(written, original.astype(np.uint8))
+
+    splits = json.loads((dataset / "splits_final.json").read_text())
+    assert len(splits) == 5
+    assert sorted(i for fold in splits for i in fold["val"]) == [c for c in info["training"] if c != "train_036"][:6]
+    placed = nnunet_env["nnUNet_preprocessed"] / "Dataset501_FLARE2021" / "splits_final.json"
+    assert json.loads(placed.read_text()) == splits
+    out = capsys.readouterr().out
+    assert "uxnet_holdout_20" in out and str(placed) in out
+
+
+def test_flare2021_split_none_keeps_every_labelled_case_in_training(tmp_path, nnunet_env):
+    fake.make_flare2021(tmp_path / "FLARE21")
+    assert convert("flare2021", "--input", str(tmp_path / "FLARE21"), "--split", "none",
+                   "--dataset-id", "321", "--name", "Flare") == 0
+    dataset = nnunet_env["nnUNet_raw"] / "Dataset321_Flare"
+    dataset_json = assert_valid_nnunet_dataset(dataset)
+    assert dataset_json["numTraining"] == 7
+    assert not (dataset / "splits_final.json").exists()
+    assert not (dataset / "labelsTs").exists()
+    assert not (nnunet_env["nnUNet_preprocessed"] / "Dataset321_Flare").exists()
+
+
+def test_btcv_monai_split_and_testing_folder(tmp_path, nnunet_env):
+    fake.make_btcv(tmp_path / "Abdomen")
+    assert convert("btcv", "--input", str(tmp_path / "Abdomen")) == 0
+    dataset = nnunet_env["nnUNet_raw"] / "Dataset505_BTCV"
+    dataset_json = assert_valid_nnunet_dataset(dataset)
+    assert len(dataset_json["labels"]) == 14 and dataset_json["labels"]["left_adrenal_gland"] == 13
+    assert json.loads((dataset / "splits_final.json").read_text()) == [
+        {"train": ["BTCV_0001", "BTCV_0005", "BTCV_0021", "BTCV_0023"], "val": ["BTCV_0035", "BTCV_0036"]}]
+    assert [p.name for p in (dataset / "imagesTs").iterdir()] == ["BTCV_0061_0000.nii.gz"]
+    assert not (dataset / "labelsTs").exists()
+    written, _ = read(dataset / "labelsTr" / "BTCV_0021.nii.gz")
+    original, _ = read(tmp_path / "Abdomen" / "RawData" / "Training" / "label" / "label0021.nii.gz")
+    np.testing.assert_array_equal(written, original)
+
+
+def test_btcv_transunet_protocol_holds_out_and_keeps_eight_organs(tmp_path, nnunet_env):
+    fake.make_btcv(tmp_path / "bt", test_folder="Test")  # nnU-Net v1 Task017 layout
+    assert convert("btcv", "--input", str(tmp_path / "bt" / "RawData"), "--protocol", "transunet") == 0
+    dataset = nnunet_env["nnUNet_raw"] / "Dataset505_BTCV"
+    dataset_json = assert_valid_nnunet_dataset(dataset)
+    assert list(dataset_json["labels"]) == ["background", "spleen", "right_kidney", "left_kidney", "gallbladder",
+                                            "liver", "stomach", "aorta", "pancreas"]
+    assert sorted(p.name for p in (dataset / "labelsTs").iterdir()) == [
+        "BTCV_0001.nii.gz", "BTCV_0035.nii.gz", "BTCV_0036.nii.gz"]
+    assert "BTCV_0061_0000.nii.gz" in {p.name for p in (dataset / "imagesTs").iterdir()}
+    original = read(tmp_path / "bt" / "RawData" / "Training" / "label" / "label0001.nii.gz")[0].astype(int)
+    written, _ = read(dataset / "labelsTs" / "BTCV_0001.nii.gz")
+    expected = np.select([original == 6, original == 7, original == 8, original == 11, original >= 5],
+                         [5, 6, 7, 8, 0], original)
+    np.testing.assert_array_equal(written, expected)
+    assert set(np.unique(original).tolist()) & {5, 9, 10, 12, 13}, "fixture must contain dropped organs"
+
+
+def test_uc_layout_pairs_prefixes_collisions_and_keeps_original_test_grid(tmp_path, nnunet_env, capsys):
+    info = fake.make_uc_layout(tmp_path / "uc", mismatched_label_names=True)
+    assert convert("uc-layout", "--input", str(tmp_path / "uc"), "--like", "flare2021") == 0
+    dataset = nnunet_env["nnUNet_raw"] / "Dataset506_UCLayout"
+    dataset_json = assert_valid_nnunet_dataset(dataset)
+    assert dataset_json["channel_names"] == {"0": "CT"} and dataset_json["labels"]["pancreas"] == 4
+    assert json.loads((dataset / "splits_final.json").read_text()) == [
+        {"train": ["train_000", "train_001", "train_002"], "val": ["train_010", "val_train_001"]}]
+    assert dataset_json["test_labels_on_original_grid"] == info["resized"]
+    assert dataset_json["uc_original_shapes"] == info["shapes"]
+    assert json.loads((dataset / "shapes.json").read_text()) == info["shapes"]
+    resized_image = sitk.ReadImage(str(dataset / "imagesTs" / "train_020_0000.nii.gz"))
+    original_label = sitk.ReadImage(str(dataset / "labelsTs" / "train_020.nii.gz"))
+    assert list(original_label.GetSize()) == info["shapes"]["train_020.nii.gz"] != list(resized_image.GetSize())
+    out = capsys.readouterr().out
+    assert "paired by sorted order" in out and "val_train_001" in out and "nearest-neighbour" in out
+
+
+def test_uc_layout_without_labels_infers_ids_and_requires_a_channel_name(tmp_path, nnunet_env, capsys):
+    fake.make_uc_layout(tmp_path / "uc")
+    assert convert("uc-layout", "--input", str(tmp_path / "uc")) == 1
+    assert "--channel-name" in capsys.readouterr().err
+    assert convert("uc-layout", "--input", str(tmp_path / "uc"), "--channel-name", "CT", "--split", "none") == 0
+    dataset_json = json.loads((nnunet_env["nnUNet_raw"] / "Dataset506_UCLayout" / "dataset.json").read_text())
+    assert dataset_json["labels"] == {"background": 0, "label_1": 1, "label_2": 2, "label_3": 3, "label_4": 4}
+
+
+CONVERTERS = {
+    "flare2021": (fake.make_flare2021, [], 501),
+    "oimhs": (fake.make_oimhs, [], 502),
+    "feta2021": (fake.make_feta2021, [], 503),
+    "abdomenct1k": (fake.make_abdomenct1k, [], 504),
+    "btcv": (fake.make_btcv, [], 505),
+    "uc-layout": (fake.make_uc_layout, ["--like", "feta2021"], 506),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(CONVERTERS))
+def test_output_passes_nnunet_integrity_check(dataset, tmp_path, nnunet_env):
+    """nnU-Net's own check, the function `nnUNetv2_plan_and_preprocess --verify_dataset_integrity` runs."""
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    make, extra, dataset_id = CONVERTERS[dataset]
+    make(tmp_path / "release")
+    assert convert(dataset, "--input", str(tmp_path / "release"), *extra) == 0
+    folder = next(nnunet_env["nnUNet_raw"].glob(f"Dataset{dataset_id}_*"))
+    assert_valid_nnunet_dataset(folder)
+    verify_dataset_integrity(str(folder), num_processes=1)  # raises on any problem
+
+
+def test_convert_help_for_every_dataset(capsys):
+    for dataset in CONVERTERS:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["convert", dataset, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert "--input" in text and "--overwrite" in text and "--split" in text and "Layout" in text
