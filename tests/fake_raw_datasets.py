@@ -8,10 +8,12 @@ on exact values without re-implementing the converters.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 CT_SIZE_ZYX = (10, 16, 18)
@@ -222,3 +224,67 @@ def make_uc_layout(root: Path, mismatched_label_names: bool = False) -> dict:
     write_sitk(root / "imagesTs" / "train_020.nii.gz", ct_intensities(resized, 20), (1.6, 1.6, 2.5))
     (root / "shapes.json").write_text(json.dumps(shapes))
     return {"train": train, "val": val, "test": test, "resized": ["train_020"], "shapes": shapes}
+
+
+# ---- helpers shared by the conversion tests -------------------------------------------------------------------
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch) -> dict[str, Path]:
+    """nnUNet_raw/_preprocessed/_results pointing into the test's temporary folder."""
+    folders = {name: tmp_path / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for name, folder in folders.items():
+        monkeypatch.setenv(name, str(folder))
+    return folders
+
+
+def convert(*argv: str) -> int:
+    """`nnunetv2_uc convert ...` in-process, one worker (tests stay light on the shared CPU)."""
+    from nnunetv2_uc.cli import main
+
+    return main(["convert", *argv, "-j", "1"])
+
+
+def read(path: Path) -> tuple[np.ndarray, sitk.Image]:
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), image
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_valid_nnunet_dataset(dataset: Path) -> dict:
+    """The checks the spec asks of every converter's output; returns dataset.json."""
+    dataset_json = json.loads((dataset / "dataset.json").read_text())
+    assert {"channel_names", "labels", "numTraining", "file_ending"} <= set(dataset_json)
+    images = sorted((dataset / "imagesTr").iterdir())
+    assert dataset_json["numTraining"] == len(images) == len(list((dataset / "labelsTr").iterdir()))
+    declared = set(dataset_json["labels"].values())
+    for subset in ("Tr", "Ts"):
+        if not (dataset / f"labels{subset}").is_dir():
+            continue
+        for label_path in sorted((dataset / f"labels{subset}").iterdir()):
+            image_path = dataset / f"images{subset}" / label_path.name.replace(".nii.gz", "_0000.nii.gz")
+            labels, label_image = read(label_path)
+            assert label_image.GetPixelID() == sitk.sitkUInt8
+            assert set(np.unique(labels).tolist()) <= declared, label_path
+            image = sitk.ReadImage(str(image_path))
+            if dataset_json.get("test_labels_on_original_grid") and label_path.stem.split(".")[0] in \
+                    dataset_json["test_labels_on_original_grid"]:
+                continue
+            assert image.GetSize() == label_image.GetSize()
+            assert image.GetSpacing() == label_image.GetSpacing()
+            assert image.GetOrigin() == label_image.GetOrigin()
+            assert image.GetDirection() == label_image.GetDirection()
+    for folder in ("imagesTr", "imagesTs"):
+        if (dataset / folder).is_dir():
+            assert all(p.name.endswith("_0000.nii.gz") for p in (dataset / folder).iterdir())
+    training_ids = {p.name[: -len("_0000.nii.gz")] for p in images}
+    if (dataset / "splits_final.json").is_file():
+        for fold in json.loads((dataset / "splits_final.json").read_text()):
+            assert set(fold["train"]) | set(fold["val"]) <= training_ids
+            assert not set(fold["train"]) & set(fold["val"])
+    holdout = set(dataset_json.get("holdout_cases", []))
+    assert not holdout & training_ids
+    return dataset_json
