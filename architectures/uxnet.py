@@ -43,6 +43,9 @@ class UXNetEncoder(nn.Module):
         self.norms = nn.ModuleList(LayerNormChannelsFirst(c) for c in feature_sizes)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # channels_last_3d: the depthwise k7 conv's backward is ~4x faster on CPU (oneDNN) and reaches cuDNN on
+        # CUDA; the UX blocks' channels-last views then cost no copies
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         outputs = []
         for down, stage, norm in zip(self.downsample, self.stages, self.norms):
             x = stage(down(x))
@@ -111,6 +114,7 @@ class UXNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, input_channels, D0, D1, D2) -> logits (B, num_classes, D0, D1, D2)."""
         self.check_input(x)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         stage_outputs = self.encoder(x)
         skips = [self.skip_blocks[0](x)] + [blk(s) for blk, s in zip(self.skip_blocks[1:], stage_outputs[:3])]
         y = self.bottleneck(stage_outputs[3])
