@@ -3,6 +3,7 @@ every converter's output."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,34 @@ def test_convert_help_for_every_dataset(capsys):
         assert exit_info.value.code == 0
         text = capsys.readouterr().out
         assert "--input" in text and "--overwrite" in text and "--split" in text and "Layout" in text
+
+
+def test_stock_nnunet_integrity_command_accepts_repaired_abdomenct1k(tmp_path, nnunet_env):
+    """The real command line on the converter with the header repair: `nnUNetv2_extract_fingerprint
+    --verify_dataset_integrity` runs the same check as `nnUNetv2_plan_and_preprocess --verify_dataset_integrity`
+    without planning and preprocessing (which take minutes even on tiny data)."""
+    import os
+    import subprocess
+    import sys
+
+    fake.make_abdomenct1k(tmp_path / "a")
+    assert convert("abdomenct1k", "--input", str(tmp_path / "a")) == 0
+    command = Path(sys.executable).with_name("nnUNetv2_extract_fingerprint")
+    result = subprocess.run([str(command), "-d", "504", "--verify_dataset_integrity", "-np", "1"],
+                            capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "verify_dataset_integrity Done" in result.stdout
+    fingerprint = json.loads((nnunet_env["nnUNet_preprocessed"] / "Dataset504_AbdomenCT1K" /
+                              "dataset_fingerprint.json").read_text())
+    assert len(fingerprint["spacings"]) == 5
+
+
+def test_parallel_workers_give_the_same_dataset_as_one_worker(tmp_path, nnunet_env):
+    fake.make_btcv(tmp_path / "b")
+    assert main(["convert", "btcv", "--input", str(tmp_path / "b"), "-j", "2"]) == 0
+    assert convert("btcv", "--input", str(tmp_path / "b"), "--dataset-id", "705") == 0
+    raw = nnunet_env["nnUNet_raw"]
+    parallel, serial = raw / "Dataset505_BTCV", raw / "Dataset705_BTCV"
+    files = sorted(p.relative_to(parallel) for p in parallel.rglob("*.nii.gz"))
+    assert len(files) == 13
+    assert all(digest(parallel / f) == digest(serial / f) for f in files)
