@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # SimpleITK is imported where used, so `nnunetv2_uc --help` stays fast
+    import SimpleITK as sitk
 
 # Spacings closer than this (relative) are the same spacing written with float rounding.
 SPACING_RTOL = 1e-3
@@ -59,6 +62,8 @@ class Geometry:
 
 def read_sitk_geometry(path: Path) -> Geometry:
     """Header-only read with SimpleITK (raises RuntimeError if SimpleITK rejects the file)."""
+    import SimpleITK as sitk
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -101,6 +106,8 @@ def read_repaired_geometry(path: Path) -> Geometry:
 
 def read_repaired_image(path: Path) -> sitk.Image:
     """Full read with nibabel, keeping the stored dtype when no intensity scaling applies."""
+    import SimpleITK as sitk
+
     image = _nibabel_image(path)
     array = np.asanyarray(image.dataobj)
     sitk_image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
@@ -141,6 +148,8 @@ def to_label_array(array: np.ndarray, where: str, mapping: dict[int, int] | None
 
 def write_label(labels: np.ndarray, geometry: Geometry, destination: Path) -> None:
     """Write a uint8 (z, y, x) label array with the given geometry, compressed."""
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(labels)
     if tuple(image.GetSize()) != tuple(geometry.size):
         raise CaseProblem(f"{destination.name}: label size {image.GetSize()} does not match the image size "
