@@ -3,7 +3,8 @@ repository, for the conversion tests. No real data: volumes are ellipsoid phanto
 realistic file names, dtypes, spacings, origins and label values.
 
 Each ``make_*`` function writes under ``root`` and returns a dict describing what it wrote, so tests can assert
-on exact values without re-implementing the converters.
+on exact values without re-implementing the converters. The helpers at the end (``nnunet_env`` fixture,
+``convert``, ``assert_valid_nnunet_dataset``) are shared by tests/test_conversion*.py.
 """
 from __future__ import annotations
 
@@ -170,7 +171,8 @@ def oimhs_bscan(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndar
     return grey, labels
 
 
-def make_oimhs(root: Path, stray_pixel: bool = False, height: int = 24, width: int = 20) -> dict:
+def make_oimhs(root: Path, stray_pixel: bool = False, height: int = 24, width: int = 20,
+               demographics_sheet: bool = False) -> dict:
     """Images/<eye>/<n>.png side by side (B-scan | colour mask), eye 1 with 11 B-scans (tests 2 < 10), eye 2 with
     a coloured (non-grey) left half; a patient map (eyes 1 and 2 belong to one patient)."""
     from PIL import Image
@@ -201,6 +203,11 @@ def make_oimhs(root: Path, stray_pixel: bool = False, height: int = 24, width: i
         writer.writerow(["Eye ID", "Patient ID"])
         for eye, (patient, _) in OIMHS_EYES.items():
             writer.writerow([eye, patient])
+    if demographics_sheet:  # the release's sheet; column names beyond 'Eye ID' are unverified
+        import pandas as pd
+
+        pd.DataFrame({"Eye ID": list(OIMHS_EYES), "Patient ID": [p for p, _ in OIMHS_EYES.values()],
+                      "Stage": [4, 4, 3, 2]}).to_excel(root / "OIMHS Demographics.xlsx", index=False)
     return {"expected": expected, "patient_map": patient_map,
             "patients": {f"OIMHS_{eye:03d}": patient for eye, (patient, _) in OIMHS_EYES.items()}}
 

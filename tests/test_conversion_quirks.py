@@ -130,3 +130,14 @@ def test_feta2021_can_drop_the_orphan_subject(tmp_path, nnunet_env):
     dataset_json = assert_valid_nnunet_dataset(dataset)
     assert "FeTA_011" not in dataset_json["case_metadata"]
     assert dataset_json["numTraining"] == 4
+
+
+def test_oimhs_reads_the_demographics_sheet_for_patient_grouping(tmp_path, nnunet_env):
+    fake.make_oimhs(tmp_path / "OIMHS", demographics_sheet=True)
+    assert convert("oimhs", "--input", str(tmp_path / "OIMHS"), "--holdout-fraction", "0.34") == 0
+    dataset_json = assert_valid_nnunet_dataset(nnunet_env["nnUNet_raw"] / "Dataset502_OIMHS")
+    assert dataset_json["case_metadata"]["OIMHS_001"]["patient"] == "P001"
+    assert dataset_json["case_metadata"]["OIMHS_003"]["stage"] == "3"
+    holdout = set(dataset_json["holdout_cases"])
+    assert holdout and len(holdout) < 4
+    assert ("OIMHS_001" in holdout) == ("OIMHS_002" in holdout)  # a patient's eyes are held out together
