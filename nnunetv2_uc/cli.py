@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "nnunetv2_uc.evaluation.cli",
     "synth": "nnunetv2_uc.synth",
     "demo": "nnunetv2_uc.demo",
+    "bench": "nnunetv2_uc.bench",
 }
 
 

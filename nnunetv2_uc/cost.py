@@ -12,51 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Sequence
 
+from nnunetv2_uc.timing import StepSetup, build_network, measure_step, run_in_fresh_process
+
 ARCHS = ("uxnet", "uc3dunet", "plainunet")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# networks
-# ----------------------------------------------------------------------------------------------------------
-def plain_unet_topology(patch: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
-    """What nnU-Net's default planner picks for this patch: stages, kernel sizes, strides, widths."""
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-
-    _, strides, kernels, _, _ = get_pool_and_conv_props(list(spacing), list(patch), 4, 999999)
-    n_stages = len(kernels)
-    return {
-        "n_stages": n_stages,
-        "features_per_stage": [min(320, 32 * 2 ** i) for i in range(n_stages)],
-        "kernel_sizes": [list(k) for k in kernels],
-        "strides": [list(s) for s in strides],
-    }
-
-
-def build_network(arch: str, input_channels: int, num_classes: int, patch: Sequence[int]):
-    """One of ARCHS with its default (paper / nnU-Net) configuration for this patch."""
-    import torch
-    from torch import nn
-
-    if arch == "uxnet":
-        from nnunetv2_uc.architectures import UXNet
-        return UXNet(input_channels, num_classes)
-    if arch == "uc3dunet":
-        from nnunetv2_uc.architectures import UC3DUNet
-        return UC3DUNet(input_channels, num_classes)
-    if arch == "plainunet":
-        from dynamic_network_architectures.architectures.unet import PlainConvUNet
-
-        topo = plain_unet_topology(patch)
-        return PlainConvUNet(
-            input_channels, topo["n_stages"], topo["features_per_stage"], nn.Conv3d, topo["kernel_sizes"],
-            topo["strides"], [2] * topo["n_stages"], num_classes, [2] * (topo["n_stages"] - 1), conv_bias=True,
-            norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-            nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False,
-        )
-    raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
 
 
 def count_parameters(model) -> int:
@@ -93,78 +53,6 @@ def count_macs(arch: str, input_channels: int, num_classes: int, patch: Sequence
     return counter.get_total_flops() // 2 + extra[0]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# timing (one network per fresh process so peak memory is its own)
-# ----------------------------------------------------------------------------------------------------------
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
-def measure_latency(arch: str, input_channels: int, num_classes: int, patch: Sequence[int], device: str,
-                    repeats: int, warmup: int = 1) -> dict:
-    """Median forward (no grad) and training-step (fwd, CE loss, bwd, SGD step) seconds, and peak memory."""
-    import resource
-
-    import torch
-
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    model = build_network(arch, input_channels, num_classes, patch).to(dev)
-    x = torch.randn(1, input_channels, *patch, device=dev)
-    target = torch.randint(0, num_classes, (1, *patch), device=dev)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    def forward():
-        with torch.no_grad():
-            model(x)
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), target).backward()
-        optimizer.step()
-
-    def median_seconds(fn) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-        return sorted(times)[len(times) // 2]
-
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    rss_before = _rss_bytes()
-    model.eval()
-    forward_s = median_seconds(forward)
-    model.train()
-    step_s = median_seconds(train_step)
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev)
-        memory_kind = "cuda max allocated"
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
-        memory_kind = "peak RSS growth"
-    return {"forward_s": forward_s, "train_step_s": step_s, "peak_memory_bytes": int(peak), "memory_kind": memory_kind}
-
-
-def _measure_in_subprocess(*args) -> dict:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(measure_latency, *args).result()
-
-
 def cost_report(archs: Sequence[str], patch: Sequence[int], input_channels: int, num_classes: int,
                 device: str = "cpu", repeats: int = 3, timing: bool = True) -> list[dict]:
     rows = []
@@ -173,7 +61,8 @@ def cost_report(archs: Sequence[str], patch: Sequence[int], input_channels: int,
         row = {"arch": arch, "patch": list(patch), "input_channels": input_channels, "num_classes": num_classes,
                "parameters": model_params, "gmacs": count_macs(arch, input_channels, num_classes, patch) / 1e9}
         if timing:
-            row.update(_measure_in_subprocess(arch, input_channels, num_classes, patch, device, repeats))
+            setup = StepSetup(arch, tuple(patch), input_channels, num_classes, device=device)
+            row.update(run_in_fresh_process(measure_step, setup, repeats))
             row["device"] = device
         rows.append(row)
     return rows

@@ -1,0 +1,161 @@
+"""Benchmark training steps and nnU-Net sliding-window inference of UX-Net, uC, PlainConvUNet and ResEnc M.
+
+Training step: forward, cross-entropy, backward, SGD step on a random batch (median of --repeats after --warmup).
+Inference: nnU-Net's own nnUNetPredictor.predict_sliding_window_return_logits over a fixed synthetic volume
+(tile step 0.5, Gaussian weighting, mirroring on unless --no-mirroring), i.e. exactly what nnUNetv2_predict runs.
+Each network and mode runs in a fresh process, so peak memory is its own. Ratios are to PlainConvUNet and ResEnc M
+(nnU-Net's default and its recommended residual preset) at the same patch, from the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from dataclasses import asdict
+from typing import Sequence
+
+from nnunetv2_uc.timing import NETWORKS, StepSetup, measure_step, run_in_fresh_process
+
+
+def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, repeats: int) -> dict:
+    """Median seconds of nnU-Net's sliding-window prediction of one (C, *volume) case, and peak memory."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_uc.timing import median_seconds, peak_memory_bytes, peak_memory_start, prepare
+
+    model, _, _, autocast, _ = prepare(setup)
+    model.eval()
+    plans = PlansManager({
+        "dataset_name": "Dataset999_Bench", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1, 1, 1],
+        "original_median_shape_after_transp": list(volume), "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "bench",
+        "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {},
+        "configurations": {"3d_fullres": {"data_identifier": "bench", "preprocessor_name": "DefaultPreprocessor",
+                                          "batch_size": setup.batch, "patch_size": list(setup.patch),
+                                          "spacing": [1, 1, 1], "normalization_schemes": ["ZScoreNormalization"],
+                                          "use_mask_for_norm": [False], "architecture": {}}},
+    })
+    dataset_json = {"labels": {"background": 0, **{f"class{i}": i for i in range(1, setup.num_classes)}},
+                    "channel_names": {"0": "CT"}, "numTraining": 0, "file_ending": ".nii.gz"}
+    device = torch.device(setup.device)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                allow_tqdm=False)
+    predictor.manual_initialization(model, plans, plans.get_configuration("3d_fullres"), None, dataset_json,
+                                    "bench", (0, 1, 2) if mirroring else None)
+    torch.manual_seed(0)
+    data = torch.randn(setup.input_channels, *volume)
+
+    def predict():
+        with autocast():
+            predictor.predict_sliding_window_return_logits(data)
+
+    start = peak_memory_start(setup.device)
+    seconds = median_seconds(predict, setup.device, repeats, warmup=1)
+    peak, kind = peak_memory_bytes(setup.device, start)
+    return {"inference_s": seconds, "inference_peak_memory_bytes": peak, "memory_kind": kind}
+
+
+def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str, amp: str, compile_: bool,
+          channels_last: bool, volume: Sequence[int] | None, mirroring: bool, repeats: int, classes: int,
+          progress=print) -> list[dict]:
+    rows = []
+    voxels_per_step = batch * int(__import__("math").prod(patch))
+    for name in networks:
+        setup = StepSetup(name, tuple(patch), 1, classes, batch, device, amp, compile_, channels_last)
+        progress(f"[bench] {name}: training step at {list(patch)} x batch {batch} on {device} (amp {amp}, "
+                 f"compile {compile_}, channels_last {channels_last})")
+        row = {**asdict(setup), **run_in_fresh_process(measure_step, setup, repeats)}
+        row["steps_per_s"] = 1 / row["train_step_s"]
+        row["train_voxels_per_s"] = voxels_per_step / row["train_step_s"]
+        if volume:
+            progress(f"[bench] {name}: sliding-window inference of a {list(volume)} volume (mirroring {mirroring})")
+            inference = run_in_fresh_process(measure_inference, setup, tuple(volume), mirroring, repeats)
+            row.update(inference_s=inference["inference_s"], volume=list(volume), mirroring=mirroring,
+                       inference_peak_memory_bytes=inference["inference_peak_memory_bytes"],
+                       inference_voxels_per_s=int(__import__("math").prod(volume)) / inference["inference_s"])
+        rows.append(row)
+    for baseline in ("plainunet", "resenc_m"):
+        base = next((r for r in rows if r["name"] == baseline), None)
+        for row in rows if base else []:
+            row[f"step_x_{baseline}"] = row["train_step_s"] / base["train_step_s"]
+            if volume:
+                row[f"inference_x_{baseline}"] = row["inference_s"] / base["inference_s"]
+    return rows
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if device == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(), cudnn=torch.backends.cudnn.version(), cuda=torch.version.cuda)
+    return info
+
+
+def format_rows(rows: list[dict]) -> str:
+    has_inference = "inference_s" in rows[0]
+    header = ["network", "step s", "steps/s", "Mvox/s", "peak MiB", "x plain", "x ResEnc M"]
+    if has_inference:
+        header += ["infer s", "infer x plain"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["name"], f"{r['train_step_s']:.3f}", f"{r['steps_per_s']:.2f}", f"{r['train_voxels_per_s'] / 1e6:.3f}",
+                 f"{r['peak_memory_bytes'] / 2**20:.0f}", _ratio(r, "step_x_plainunet"), _ratio(r, "step_x_resenc_m")]
+        if has_inference:
+            cells += [f"{r['inference_s']:.2f}", _ratio(r, "inference_x_plainunet")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}" if key in row else "-"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", nargs="+", default=list(NETWORKS), choices=NETWORKS,
+                        help="networks to benchmark (default: all four)")
+    parser.add_argument("--patch", nargs=3, type=int, default=[64, 64, 64], metavar=("D0", "D1", "D2"),
+                        help="training/inference patch (default 64 64 64; nnU-Net's 3d_fullres patch for GPU runs)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of the training step (default 1)")
+    parser.add_argument("--classes", type=int, default=5, help="output classes (default 5)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast dtype (default off)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (slow first steps)")
+    parser.add_argument("--channels-last", action="store_true", help="model and input in channels_last(_3d)")
+    parser.add_argument("--volume", nargs=3, type=int, metavar=("D0", "D1", "D2"),
+                        help="also time sliding-window inference over a volume of this size, e.g. 100 512 512")
+    parser.add_argument("--no-mirroring", action="store_true", help="inference without nnU-Net's mirroring TTA")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up (median)")
+    parser.add_argument("--json", dest="json_out", metavar="FILE", help="write rows and environment as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunetv2_uc.architectures import spatial_shape_problems
+
+    for name in args.arch:
+        if name in ("uxnet", "uc3dunet"):
+            problems = spatial_shape_problems(args.patch, multiple_of_16=name == "uxnet")
+            if problems:
+                print(f"error: {name} cannot take patch {args.patch}: " + "; ".join(problems), file=sys.stderr)
+                return 2
+    if args.volume and any(v < p for v, p in zip(args.volume, args.patch)):
+        print(f"error: --volume {args.volume} is smaller than the patch {args.patch} on some axis", file=sys.stderr)
+        return 2
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            print("error: --device cuda but no CUDA device is visible; use --device cpu", file=sys.stderr)
+            return 2
+    progress = lambda message: print(message, file=sys.stderr, flush=True)
+    rows = bench(args.arch, args.patch, args.batch, args.device, args.amp, args.compile, args.channels_last,
+                 args.volume, not args.no_mirroring, args.repeats, args.classes, progress)
+    print(format_rows(rows))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"environment": environment(args.device), "command": " ".join(sys.argv), "rows": rows}, f, indent=2)
+    return 0

@@ -1,0 +1,179 @@
+"""Networks to compare and how to time them: shared by `nnunetv2_uc cost` and `nnunetv2_uc bench`.
+
+Each measurement runs in a fresh process (``run_in_fresh_process``) so its peak memory is its own.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+NETWORKS = ("uxnet", "uc3dunet", "plainunet", "resenc_m")
+RESENC_M_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnUNetPlannerResEncM's encoder blocks per stage
+
+
+def nnunet_topology(patch: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
+    """What nnU-Net's planners pick for this patch: stages, kernel sizes, strides, widths (32 .. 320)."""
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    _, strides, kernels, _, _ = get_pool_and_conv_props(list(spacing), list(patch), 4, 999999)
+    n_stages = len(kernels)
+    return {
+        "n_stages": n_stages,
+        "features_per_stage": [min(320, 32 * 2 ** i) for i in range(n_stages)],
+        "kernel_sizes": [list(k) for k in kernels],
+        "strides": [list(s) for s in strides],
+    }
+
+
+def build_network(name: str, input_channels: int, num_classes: int, patch: Sequence[int]):
+    """One of NETWORKS in its default configuration (paper, or nnU-Net's planner for this patch); no DS heads."""
+    from torch import nn
+
+    if name == "uxnet":
+        from nnunetv2_uc.architectures import UXNet
+        return UXNet(input_channels, num_classes)
+    if name == "uc3dunet":
+        from nnunetv2_uc.architectures import UC3DUNet
+        return UC3DUNet(input_channels, num_classes)
+    if name not in ("plainunet", "resenc_m"):
+        raise ValueError(f"unknown network {name!r}; choose from {NETWORKS}")
+    topo = nnunet_topology(patch)
+    common = dict(conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                  nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+    n = topo["n_stages"]
+    args = (input_channels, n, topo["features_per_stage"], nn.Conv3d, topo["kernel_sizes"], topo["strides"])
+    if name == "plainunet":
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+        return PlainConvUNet(*args, [2] * n, num_classes, [2] * (n - 1), **common)
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    return ResidualEncoderUNet(*args, list(RESENC_M_BLOCKS[:n]), num_classes, [1] * (n - 1), **common)
+
+
+def to_channels_last(module):
+    """channels_last_3d for 5-D parameters, channels_last for 4-D ones (uC mixes 3-D and 2-D convs)."""
+    import torch
+
+    for param in module.parameters():
+        if param.ndim in (4, 5):
+            fmt = torch.channels_last_3d if param.ndim == 5 else torch.channels_last
+            param.data = param.data.contiguous(memory_format=fmt)
+    return module
+
+
+@dataclass
+class StepSetup:
+    """How one network is run: batch, device, mixed precision ('off', 'bf16', 'fp16'), compile, memory format."""
+    name: str
+    patch: tuple[int, ...]
+    input_channels: int = 1
+    num_classes: int = 5
+    batch: int = 1
+    device: str = "cpu"
+    amp: str = "off"
+    compile: bool = False
+    channels_last: bool = False
+
+
+def prepare(setup: StepSetup):
+    """(model, optimizer, loss function, autocast context factory, grad scaler or None) for ``setup``."""
+    import contextlib
+
+    import torch
+
+    torch.manual_seed(0)
+    device = torch.device(setup.device)
+    model = build_network(setup.name, setup.input_channels, setup.num_classes, setup.patch).to(device)
+    if setup.channels_last:
+        to_channels_last(model)
+    if setup.compile:
+        model = torch.compile(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[setup.amp]
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device.type) if setup.amp == "fp16" else None
+    return model, optimizer, torch.nn.CrossEntropyLoss(), autocast, scaler
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn: Callable[[], None], device: str, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def peak_memory_start(device: str) -> int:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return 0
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def peak_memory_bytes(device: str, start: int) -> tuple[int, str]:
+    """CUDA max allocated, or on CPU how far the peak RSS rose above ``start``."""
+    import resource
+
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated()), "cuda max allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start, "peak RSS growth"
+
+
+def measure_step(setup: StepSetup, repeats: int = 3, warmup: int = 1) -> dict:
+    """Median seconds of a forward pass (no grad) and of a training step (fwd, CE loss, bwd, SGD), peak memory."""
+    import torch
+
+    model, optimizer, loss_fn, autocast, scaler = prepare(setup)
+    fmt = torch.channels_last_3d if setup.channels_last else torch.contiguous_format
+    x = torch.randn(setup.batch, setup.input_channels, *setup.patch, device=setup.device).contiguous(memory_format=fmt)
+    target = torch.randint(0, setup.num_classes, (setup.batch, *setup.patch), device=setup.device)
+
+    def forward():
+        with torch.no_grad(), autocast():
+            model(x)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn(model(x), target)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    start = peak_memory_start(setup.device)
+    model.eval()
+    forward_s = median_seconds(forward, setup.device, repeats, warmup)
+    model.train()
+    step_s = median_seconds(train_step, setup.device, repeats, warmup)
+    peak, kind = peak_memory_bytes(setup.device, start)
+    return {"forward_s": forward_s, "train_step_s": step_s, "peak_memory_bytes": peak, "memory_kind": kind}
+
+
+def run_in_fresh_process(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a new spawned interpreter (its own peak memory and allocator state)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
