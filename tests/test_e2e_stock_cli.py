@@ -206,14 +206,18 @@ def test_pretrained_weights_are_the_starting_point(pipeline):
 
     root, _, _, _ = pipeline
     torch.manual_seed(123)
-    start = UXNet(1, 3).state_dict()
+    start = {k: v.detach() for k, v in UXNet(1, 3).named_parameters()}
     trained = {fold: torch.load(train_folder(root, UX) / f"fold_{fold}" / "checkpoint_final.pth",
                                 map_location="cpu", weights_only=False)["network_weights"] for fold in (0, 1)}
-    # 8 AdamW steps of lr <= 5e-4 move a weight by about 8 * 5e-4 at most (Adam's step is ~lr)
-    drift = max((trained[1][k] - v).abs().max().item() for k, v in start.items())
-    assert drift < 0.02
-    # fold 0 started from PyTorch's random init, far from the file
-    assert max((trained[0][k] - v).abs().max().item() for k, v in start.items()) > 0.05
+
+    def distance(fold: int) -> dict[str, float]:
+        return {k: (trained[fold][k] - v).abs().mean().item() for k, v in start.items()}
+
+    from_file, from_random = distance(1), distance(0)
+    # fold 1 started from the file: 8 small AdamW steps keep it far closer to the file than fold 0,
+    # which started from PyTorch's random init
+    assert sum(from_file.values()) < 0.1 * sum(from_random.values()), (
+        max(from_file, key=from_file.get), max(from_file.values()))
     assert "Loading pretrained weights" in (root / "train_ux_f1.log").read_text()
 
 
