@@ -39,7 +39,7 @@ def spatial_shape_problems(spatial: Sequence[int], multiple_of_16: bool) -> list
             problems.append(f"axis {axis} has size {size}, which is not a multiple of 16 (nearest valid: {nearest})")
         elif size < TOTAL_STRIDE:
             problems.append(f"axis {axis} has size {size} < 16; the network pools 4 times (nearest valid: 16)")
-    if not problems and math.prod(s // TOTAL_STRIDE for s in spatial) <= 1:
+    if not problems and math.prod([s // TOTAL_STRIDE for s in spatial]) <= 1:  # a list: dynamo traces it
         problems.append(
             f"spatial size {tuple(spatial)} leaves a single voxel at 1/16 resolution, which InstanceNorm "
             f"rejects; make at least one axis >= 32"

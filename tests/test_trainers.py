@@ -233,10 +233,6 @@ def test_every_parameter_gets_a_gradient(cls, network_class):
     assert nonzero >= 0.9 * len(list(net.parameters()))
 
 
-@pytest.mark.xfail(
-    strict=True, raises=torch._dynamo.exc.Unsupported,
-    reason="graph break in architectures/input_checks.py spatial_shape_problems: math.prod(<generator>) is not "
-           "traceable by dynamo; a list comprehension fixes it (verified). Remove this marker once fixed.")
 @pytest.mark.parametrize("cls", TRAINERS)
 def test_torch_compile_fullgraph_matches_eager_on_cpu(cls):
     """No graph breaks (fullgraph=True) and the compiled network equals eager; nnU-Net compiles on CUDA.
