@@ -32,7 +32,7 @@ TISSUES: dict[str, int] = {"air": 0, "fat": 1, "soft_tissue": 2, "bone": 3}
 # mean HU of each tissue / organ before the per-case jitter
 TISSUE_HU: dict[str, float] = {"air": -1000.0, "fat": -100.0, "soft_tissue": 40.0, "bone_cortex": 850.0,
                                "bone_marrow": 250.0}
-ORGAN_HU: dict[str, float] = {"liver": 65.0, "kidney": 175.0, "spleen": 120.0, "pancreas": 95.0}
+ORGAN_HU: dict[str, float] = {"liver": 75.0, "kidney": 210.0, "spleen": 150.0, "pancreas": 110.0}
 HU_RANGE: tuple[int, int] = (-1024, 3071)
 SLICE_SPACING_MM: tuple[float, float] = (2.5, 5.0)
 INPLANE_SPACING_MM: tuple[float, float] = (0.7, 0.9)
@@ -153,12 +153,12 @@ def _organ_specs(rng: np.random.Generator, body_ap: float, body_lr: float
     lobe_ax = liver_ax * np.array([0.6, 0.6, 0.55], np.float32)
     kidneys = []
     for side in (-1.0, 1.0):
-        c = _jitter(rng, (-4.0, 0.35 * body_ap, side * 14.0 * s), (5.0, 2.0, 1.5))
-        kidneys.append((c, np.array([rng.uniform(13, 17), rng.uniform(5.5, 7), rng.uniform(4.5, 5.5)], np.float32)))
-    spleen_c = _jitter(rng, (10.0, 0.2 * body_ap, 20.0 * s), (5.0, 2.0, 2.0))
-    spleen_ax = np.array([rng.uniform(12, 17), rng.uniform(7, 9), rng.uniform(5, 6.5)], np.float32)
-    pancreas_c = _jitter(rng, (0.0, 0.0, 4.0 * s), (5.0, 2.0, 2.0))
-    pancreas_ax = np.array([rng.uniform(8, 11), rng.uniform(4, 5), rng.uniform(12, 15) * s], np.float32)
+        c = _jitter(rng, (-8.0, 0.38 * body_ap, side * 14.5 * s), (5.0, 1.5, 1.5))
+        kidneys.append((c, np.array([rng.uniform(15, 19), rng.uniform(6.5, 8), rng.uniform(5, 6.5)], np.float32)))
+    spleen_c = _jitter(rng, (12.0, 0.15 * body_ap, 22.0 * s), (5.0, 2.0, 2.0))
+    spleen_ax = np.array([rng.uniform(15, 20), rng.uniform(9, 12), rng.uniform(6.5, 8)], np.float32)
+    pancreas_c = _jitter(rng, (0.0, -0.05 * body_ap, 3.0 * s), (5.0, 2.0, 2.0))
+    pancreas_ax = np.array([rng.uniform(10, 13), rng.uniform(5, 6.5), rng.uniform(13, 16) * s], np.float32)
     return [
         ("kidney", kidneys),
         ("spleen", [(spleen_c, spleen_ax)]),

@@ -157,9 +157,17 @@ def test_demo_trainers_are_found_through_the_shim(monkeypatch: pytest.MonkeyPatc
         assert cls.__module__ == "nnunetv2_uc.trainers.demo_trainers" and cls.__name__ == name
 
 
-def test_demo_trainer_fixes_patch_and_batch_in_the_plans() -> None:
-    plans = {"configurations": {"3d_fullres": {"patch_size": [40, 128, 128], "batch_size": 2}}}
-    demo_trainers.nnUNetTrainerUC_demo._fix_demo_patch(plans, "3d_fullres")
-    config = plans["configurations"]["3d_fullres"]
-    assert config["patch_size"] == list(demo_trainers.DemoScheduleMixin.demo_patch_size)
-    assert config["batch_size"] == 2 and config["uc_fixed_patch"] is True
+def test_demo_trainer_fixes_patch_batch_and_cpu_width_in_the_plans() -> None:
+    import torch
+
+    def plans() -> dict:
+        return {"configurations": {"3d_fullres": {"patch_size": [40, 128, 128], "batch_size": 5}}}
+
+    cpu, gpu = plans(), plans()
+    demo_trainers.nnUNetTrainerUC_demo._fix_demo_plans(cpu, "3d_fullres", torch.device("cpu"))
+    demo_trainers.nnUNetTrainerUC_demo._fix_demo_plans(gpu, "3d_fullres", torch.device("cuda"))
+    for config in (cpu["configurations"]["3d_fullres"], gpu["configurations"]["3d_fullres"]):
+        assert config["patch_size"] == list(demo_trainers.DemoScheduleMixin.demo_patch_size)
+        assert config["batch_size"] == 2 and config["uc_fixed_patch"] is True
+    assert cpu["configurations"]["3d_fullres"]["uc3dunet_kwargs"] == {"features": [16, 32, 64, 128, 256, 16]}
+    assert "uc3dunet_kwargs" not in gpu["configurations"]["3d_fullres"]  # paper width on a GPU
