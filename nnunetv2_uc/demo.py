@@ -7,7 +7,8 @@ Steps, each a subprocess whose own log is shown, with a one-line status per step
                  the number of epochs is fitted to the time left in --minutes
   4 predict      nnUNetv2_predict on imagesTs
   5 evaluate     nnunetv2_uc evaluate (paper metrics) -> WORKDIR/evaluation.json, evaluation.md, plots/
-  6 report       prints the table; copies nnU-Net's training curve to WORKDIR/progress.png
+  6 report       prints the table; WORKDIR/overlays/*.png (CT, reference, prediction); copies nnU-Net's
+                 training curve to WORKDIR/progress.png
 
 nnUNet_raw/nnUNet_preprocessed/nnUNet_results are set to folders under WORKDIR, nnUNet_compile=f on CPU and
 nnUNet_extTrainer to this plugin's trainers. Uses the GPU when torch sees one, else the CPU. Re-running
@@ -228,18 +229,69 @@ def training_budget_s(minutes: float, spent_s: float) -> float:
     return max(MIN_TRAIN_S, total * (1.0 - AFTER_TRAINING_SHARE) - spent_s)
 
 
+def write_image_overlay(image_file: Path, gt_file: Path, pred_file: Path, label_names: dict[int, str],
+                        out_file: Path) -> None:
+    """CT (soft-tissue window) with the reference and the prediction side by side, on the axial slice with the
+    most reference foreground."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import SimpleITK as sitk
+    from matplotlib.patches import Patch
+
+    from nnunetv2_uc.evaluation.plots import label_colours
+
+    image, gt, pred = (sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in (image_file, gt_file, pred_file))
+    z = int(np.argmax((gt > 0).sum(axis=(1, 2))))
+    colours = label_colours(sorted(label_names))
+    figure, axes = plt.subplots(1, 2, figsize=(6.4, 3.5))
+    for axis, seg, title in ((axes[0], gt[z], "reference"), (axes[1], pred[z], "prediction")):
+        axis.imshow(np.clip(image[z], -160, 240), cmap="gray", interpolation="bilinear")
+        rgba = np.zeros(seg.shape + (4,))
+        for label, colour in colours.items():
+            rgba[seg == label] = (*colour[:3], 0.45)
+        axis.imshow(rgba, interpolation="nearest")
+        axis.set_title(f"{title} (slice {z})", fontsize=9)
+        axis.axis("off")
+    figure.legend(handles=[Patch(facecolor=colours[l], label=n) for l, n in sorted(label_names.items())],
+                  loc="lower center", ncol=len(label_names), fontsize=8, frameon=False)
+    figure.suptitle(out_file.stem, fontsize=9)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.savefig(out_file, dpi=80)
+    plt.close(figure)
+
+
+def write_image_overlays(paths: DemoPaths) -> list[Path]:
+    """One overlay PNG per test case in WORKDIR/overlays."""
+    dataset = json.loads((paths.raw_dataset / "dataset.json").read_text())
+    names = {int(v): k for k, v in dataset["labels"].items() if int(v) > 0}
+    out_dir = paths.workdir / "overlays"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for pred_file in sorted(paths.predictions.glob("*.nii.gz")):
+        case = pred_file.name[: -len(".nii.gz")]
+        out_file = out_dir / f"{case}.png"
+        write_image_overlay(paths.raw_dataset / "imagesTs" / f"{case}_0000.nii.gz",
+                            paths.raw_dataset / "labelsTs" / pred_file.name, pred_file, names, out_file)
+        written.append(out_file)
+    return written
+
+
 def report(paths: DemoPaths) -> None:
-    """Print the evaluation table and the mean Dice; copy nnU-Net's progress.png into the work dir."""
+    """Print the evaluation table and the mean Dice; write image overlays; copy nnU-Net's progress.png."""
     progress = paths.fold_dir / "progress.png"
     if progress.is_file():
         shutil.copyfile(progress, paths.workdir / "progress.png")
+    write_image_overlays(paths)
     print(paths.evaluation_table.read_text())
     summary = json.loads(paths.evaluation_json.read_text())
     per_class = {summary["labels"][k]: v["dice"] for k, v in summary["per_class_mean"].items()}
     print("mean Dice over the test cases: " + f"{summary['mean']['dice']:.3f} ("
           + ", ".join(f"{name} {dice:.3f}" for name, dice in per_class.items()) + ")")
-    print(f"files: {paths.evaluation_json}, {paths.evaluation_table}, {paths.plots}/ (overlays, box plots), "
-          f"{paths.workdir / 'progress.png'}")
+    print(f"files: {paths.evaluation_json}, {paths.evaluation_table}, {paths.workdir / 'overlays'}/ (CT with "
+          f"reference and prediction), {paths.plots}/ (error overlays, box plots), {paths.workdir / 'progress.png'}")
 
 
 # ----------------------------------------------------------------------------- runner
