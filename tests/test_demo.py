@@ -133,6 +133,14 @@ def test_epochs_fit_the_budget() -> None:
     assert demo_trainers.epochs_for_budget(1e9, 0.01, 20, 2) == demo_trainers.MAX_EPOCHS
 
 
+def test_epoch_iterations_follow_the_time_left() -> None:
+    # 5 epochs left, 100 s left, 1 s per iteration: 20 s per epoch -> 19 training + 2 validation (counted as 1)
+    assert demo_trainers.iterations_for_epoch(100, 5, 1.0, 2, 20) == 19
+    assert demo_trainers.iterations_for_epoch(30, 5, 3.0, 2, 20) == 1      # far behind: one iteration per epoch
+    assert demo_trainers.iterations_for_epoch(-10, 1, 1.0, 2, 20) == 1
+    assert demo_trainers.iterations_for_epoch(1000, 5, 1.0, 2, 20) == 40   # ahead: at most twice the nominal
+
+
 def test_budget_env_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(demo_trainers.BUDGET_ENV, raising=False)
     assert demo_trainers.train_budget_seconds() == demo_trainers.DEFAULT_BUDGET_S

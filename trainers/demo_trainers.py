@@ -10,7 +10,9 @@ minutes-long run on 2 CPU cores needs:
 - short epochs (20 training + 2 validation iterations);
 - the number of epochs is fitted to a wall-clock budget: after nnU-Net's ``on_train_start`` the trainer
   times a few real training iterations and sets ``num_epochs`` (and the poly-LR horizon) so that training
-  ends within ``$nnunetv2_uc_demo_train_seconds`` seconds of the trainer's start (default 300);
+  ends within ``$nnunetv2_uc_demo_train_seconds`` seconds of the trainer's start (default 300); each epoch's
+  iteration count is then re-fitted to the time left, so a machine that slows down (or speeds up) mid-run
+  still finishes on time;
 - no mirroring (neither as augmentation nor as test-time augmentation in the final validation): the
   synthetic anatomy is lateralised and a short schedule learns faster without it.
 
@@ -57,6 +59,15 @@ def epochs_for_budget(remaining_s: float, seconds_per_iteration: float, iteratio
     return min(max_epochs, done_epochs + max(1, more))
 
 
+def iterations_for_epoch(remaining_s: float, remaining_epochs: int, seconds_per_iteration: float,
+                         val_iterations: int, nominal: int) -> int:
+    """Training iterations for the next epoch so the remaining epochs share the remaining time; between 1 and
+    twice the nominal count."""
+    share = max(remaining_s, 0.0) / max(remaining_epochs, 1)
+    fitted = int(share / max(seconds_per_iteration, 1e-6) - 0.5 * val_iterations)
+    return min(2 * nominal, max(1, fitted))
+
+
 class DemoScheduleMixin:
     """Fixed small patch, short epochs and a wall-clock-fitted epoch count (see the module docstring)."""
 
@@ -100,6 +111,28 @@ class DemoScheduleMixin:
     def on_train_start(self) -> None:
         super().on_train_start()
         self._fit_epochs_to_budget()
+        self.demo_last_epoch_start: float | None = None
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._pace_epoch()
+
+    def _pace_epoch(self) -> None:
+        """Re-size this epoch's iterations from the previous epoch's duration so training ends on time even
+        when the machine gets slower or faster (the epoch count, and so the LR schedule, stays fixed)."""
+        now = perf_counter()
+        previous_start, self.demo_last_epoch_start = self.demo_last_epoch_start, now
+        if previous_start is None:
+            return
+        iterations_run = self.num_iterations_per_epoch + 0.5 * self.num_val_iterations_per_epoch
+        per_iteration = (now - previous_start) / iterations_run
+        remaining = self.demo_budget_s - (now - self.demo_started)
+        iterations = iterations_for_epoch(remaining, self.num_epochs - self.current_epoch, per_iteration,
+                                          self.num_val_iterations_per_epoch, self.demo_iterations)
+        if iterations != self.num_iterations_per_epoch:
+            self.print_to_log_file(f"[nnunetv2_uc demo] {per_iteration:.2f} s per iteration, {remaining:.0f} s left "
+                                   f"-> {iterations} iterations per epoch")
+            self.num_iterations_per_epoch = iterations
 
     def _fit_epochs_to_budget(self) -> None:
         """Time real training iterations (they count as training) and size ``num_epochs`` to the budget."""
