@@ -7,12 +7,11 @@ minutes-long run on 2 CPU cores needs:
 - a fixed, small patch and batch, and on CPU a narrower network (written into the plans, so nnUNetv2_predict
   builds the same network);
 - AdamW at 2e-3 (the plugin recipe's 5e-4 is tuned for 1000 x 250 iterations);
-- short epochs (20 training + 2 validation iterations);
-- the number of epochs is fitted to a wall-clock budget: after nnU-Net's ``on_train_start`` the trainer
-  times a few real training iterations and sets ``num_epochs`` (and the poly-LR horizon) so that training
-  ends within ``$nnunetv2_uc_demo_train_seconds`` seconds of the trainer's start (default 300); each epoch's
-  iteration count is then re-fitted to the time left, so a machine that slows down (or speeds up) mid-run
-  still finishes on time;
+- 20 epochs (poly LR over 20 epochs) of a length fitted to a wall-clock budget: after nnU-Net's
+  ``on_train_start`` the trainer times a few real training iterations and sets the iterations per epoch
+  (1..250, plus 2 validation iterations) so that training ends within ``$nnunetv2_uc_demo_train_seconds``
+  seconds of the trainer's start (default 300); before every epoch the count is re-fitted to the time left,
+  so a machine that slows down (or speeds up) mid-run still finishes on time;
 - no mirroring (neither as augmentation nor as test-time augmentation in the final validation): the
   synthetic anatomy is lateralised and a short schedule learns faster without it.
 
@@ -33,8 +32,8 @@ from nnunetv2_uc.trainers.uxnet_trainers import nnUNetTrainerUXNet
 BUDGET_ENV = "nnunetv2_uc_demo_train_seconds"
 DEFAULT_BUDGET_S = 300.0
 CALIBRATION_STEPS = 3
-MAX_EPOCHS = 1000
-EPOCH_OVERHEAD_S = 1.0  # logging, progress.png, checkpoint_best
+DEMO_EPOCHS = 20
+MAX_ITERATIONS = 250  # nnU-Net's default epoch length caps an epoch on fast machines
 
 
 def train_budget_seconds() -> float:
@@ -48,24 +47,13 @@ def train_budget_seconds() -> float:
     return value
 
 
-def epochs_for_budget(remaining_s: float, seconds_per_iteration: float, iterations: int, val_iterations: int,
-                      done_epochs: int = 0, max_epochs: int = MAX_EPOCHS) -> int:
-    """Total epoch count so that the epochs still to run fit in ``remaining_s`` (at least one more epoch).
-
-    A validation iteration (forward only) is counted as half a training iteration.
-    """
-    epoch_s = seconds_per_iteration * (iterations + 0.5 * val_iterations) + EPOCH_OVERHEAD_S
-    more = int(max(remaining_s, 0.0) // epoch_s)
-    return min(max_epochs, done_epochs + max(1, more))
-
-
 def iterations_for_epoch(remaining_s: float, remaining_epochs: int, seconds_per_iteration: float,
-                         val_iterations: int, nominal: int) -> int:
-    """Training iterations for the next epoch so the remaining epochs share the remaining time; between 1 and
-    twice the nominal count."""
+                         val_iterations: int, maximum: int = MAX_ITERATIONS) -> int:
+    """Training iterations per epoch so that the remaining epochs share the remaining time equally
+    (a validation iteration counts as half a training iteration); between 1 and ``maximum``."""
     share = max(remaining_s, 0.0) / max(remaining_epochs, 1)
     fitted = int(share / max(seconds_per_iteration, 1e-6) - 0.5 * val_iterations)
-    return min(2 * nominal, max(1, fitted))
+    return min(maximum, max(1, fitted))
 
 
 class DemoScheduleMixin:
@@ -73,7 +61,7 @@ class DemoScheduleMixin:
 
     demo_patch_size: tuple[int, int, int] = (32, 64, 64)
     demo_batch_size: int = 2
-    demo_iterations: int = 20
+    demo_epochs: int = DEMO_EPOCHS
     demo_val_iterations: int = 2
     demo_initial_lr: float = 2e-3  # AdamW; 4x the plugin recipe's 5e-4, for a few hundred iterations
 
@@ -95,9 +83,9 @@ class DemoScheduleMixin:
             config[key] = {**config.get(key, {}), **cls.demo_cpu_network_kwargs}
 
     def _use_demo_schedule(self) -> None:
-        self.num_iterations_per_epoch = self.demo_iterations
+        self.num_epochs = self.demo_epochs
+        self.num_iterations_per_epoch = 20  # replaced by the fitted count in on_train_start
         self.num_val_iterations_per_epoch = self.demo_val_iterations
-        self.num_epochs = MAX_EPOCHS  # replaced by the fitted count in on_train_start
         self.initial_lr = self.demo_initial_lr
         self.save_every = 5
         self.demo_budget_s = train_budget_seconds()
@@ -128,14 +116,14 @@ class DemoScheduleMixin:
         per_iteration = (now - previous_start) / iterations_run
         remaining = self.demo_budget_s - (now - self.demo_started)
         iterations = iterations_for_epoch(remaining, self.num_epochs - self.current_epoch, per_iteration,
-                                          self.num_val_iterations_per_epoch, self.demo_iterations)
+                                          self.num_val_iterations_per_epoch)
         if iterations != self.num_iterations_per_epoch:
             self.print_to_log_file(f"[nnunetv2_uc demo] {per_iteration:.2f} s per iteration, {remaining:.0f} s left "
                                    f"-> {iterations} iterations per epoch")
             self.num_iterations_per_epoch = iterations
 
     def _fit_epochs_to_budget(self) -> None:
-        """Time real training iterations (they count as training) and size ``num_epochs`` to the budget."""
+        """Time real training iterations (they count as training) and size the epochs to the budget."""
         self.network.train()
         durations = []
         for _ in range(CALIBRATION_STEPS):
@@ -146,13 +134,13 @@ class DemoScheduleMixin:
             durations.append(perf_counter() - t0)
         per_iteration = statistics.median(durations[1:])
         remaining = self.demo_budget_s - (perf_counter() - self.demo_started)
-        self.num_epochs = epochs_for_budget(remaining, per_iteration, self.num_iterations_per_epoch,
-                                            self.num_val_iterations_per_epoch, self.current_epoch)
-        self.lr_scheduler.max_steps = self.num_epochs
+        self.num_iterations_per_epoch = iterations_for_epoch(
+            remaining, self.num_epochs - self.current_epoch, per_iteration, self.num_val_iterations_per_epoch)
         self.print_to_log_file(
             f"[nnunetv2_uc demo] {per_iteration:.2f} s per training iteration; budget {self.demo_budget_s:.0f} s, "
             f"{remaining:.0f} s left -> {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations "
-            f"(patch {list(self.configuration_manager.patch_size)}, batch {self.batch_size})"
+            f"(patch {list(self.configuration_manager.patch_size)}, batch {self.batch_size}); iterations per "
+            f"epoch are re-fitted to the time left after every epoch"
         )
 
 
