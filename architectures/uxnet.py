@@ -10,7 +10,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnunetv2_uc.architectures.blocks import LayerNormChannelsFirst, SegmentationHead, UXBlock, residual_block_3d
+from nnunetv2_uc.architectures.blocks import (
+    LayerNormChannelsFirst, SegmentationHead, UXBlock, residual_block_3d, to_channels_last,
+)
 from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
 
 
@@ -106,6 +108,7 @@ class UXNet(nn.Module):
         self.up_blocks = nn.ModuleList(UXNetUpBlock(c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:]))
         self.head_block = residual_block_3d(f[0], f[0])
         self.head = SegmentationHead(f[0], num_classes)
+        to_channels_last(self)
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input_tensor(x, self.input_channels, "UXNet")

@@ -50,17 +50,6 @@ def build_network(name: str, input_channels: int, num_classes: int, patch: Seque
     return ResidualEncoderUNet(*args, list(RESENC_M_BLOCKS[:n]), num_classes, [1] * (n - 1), **common)
 
 
-def to_channels_last(module):
-    """channels_last_3d for 5-D parameters, channels_last for 4-D ones (uC mixes 3-D and 2-D convs)."""
-    import torch
-
-    for param in module.parameters():
-        if param.ndim in (4, 5):
-            fmt = torch.channels_last_3d if param.ndim == 5 else torch.channels_last
-            param.data = param.data.contiguous(memory_format=fmt)
-    return module
-
-
 @dataclass
 class StepSetup:
     """How one network is run: batch, device, mixed precision ('off', 'bf16', 'fp16'), compile, memory format."""
@@ -85,6 +74,7 @@ def prepare(setup: StepSetup):
     device = torch.device(setup.device)
     model = build_network(setup.name, setup.input_channels, setup.num_classes, setup.patch).to(device)
     if setup.channels_last:
+        from nnunetv2_uc.architectures.blocks import to_channels_last
         to_channels_last(model)
     if setup.compile:
         model = torch.compile(model)

@@ -7,7 +7,8 @@ import sys
 
 import torch
 
-from nnunetv2_uc.timing import StepSetup, build_network, measure_step, to_channels_last
+from nnunetv2_uc.architectures.blocks import to_channels_last
+from nnunetv2_uc.timing import StepSetup, build_network, measure_step
 
 
 def test_bench_times_training_and_sliding_window_inference_with_ratios(tmp_path):
@@ -38,11 +39,14 @@ def test_channels_last_and_bf16_autocast_steps_run_and_keep_outputs():
     setup = StepSetup("uc3dunet", (16, 16, 32), num_classes=2, channels_last=True, amp="bf16")
     result = measure_step(setup, repeats=1, warmup=0)
     assert result["train_step_s"] > 0
-    # channels-last parameters give the same function
+    # the networks store their weights channels-last; contiguous weights give the same function
     torch.manual_seed(0)
     net = build_network("uc3dunet", 1, 2, (16, 16, 32)).eval()
+    assert net.head.seg_layers.weight.is_contiguous(memory_format=torch.channels_last_3d)
     x = torch.randn(1, 1, 16, 16, 32)
     with torch.no_grad():
         expected = net(x)
-        torch.testing.assert_close(to_channels_last(net)(x.contiguous(memory_format=torch.channels_last_3d)), expected,
-                                   rtol=1e-4, atol=1e-5)
+        for p in net.parameters():
+            p.data = p.data.contiguous()
+        torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(to_channels_last(net)(x), expected, rtol=1e-4, atol=1e-5)
