@@ -34,9 +34,9 @@ CONFIGURATION = "3d_fullres"
 FOLD = "0"
 TRAINERS = {"uc3dunet": "nnUNetTrainerUC_demo", "uxnet": "nnUNetTrainerUXNet_demo"}
 BUDGET_ENV = "nnunetv2_uc_demo_train_seconds"  # read by trainers/demo_trainers.py
-MIN_TRAIN_S = 60.0
+MIN_TRAIN_S = 20.0
 #: share of --minutes kept for what follows training (final validation, prediction, evaluation)
-AFTER_TRAINING_SHARE = 0.2
+AFTER_TRAINING_SHARE = 0.3
 
 
 @dataclass

@@ -52,7 +52,7 @@ def test_dry_run_lists_the_stock_commands_and_writes_nothing(tmp_path: Path, cap
     assert "nnUNetv2_train 990 3d_fullres 0 -tr nnUNetTrainerUC_demo -device cpu" in out
     assert f"nnUNetv2_predict -i {workdir}/nnUNet_raw/Dataset990_SyntheticCT/imagesTs" in out
     assert f"-o {workdir}/evaluation.json" in out
-    assert f"{demo.BUDGET_ENV}=480 " in out  # 10 min x 0.8, nothing spent yet
+    assert f"{demo.BUDGET_ENV}=420 " in out  # 10 min x 0.7, nothing spent yet
     assert not workdir.exists()
 
 
@@ -120,8 +120,8 @@ def test_missing_console_script_fails_the_step_with_the_fix(capsys: pytest.Captu
 
 
 def test_training_budget_takes_what_the_other_steps_leave() -> None:
-    assert demo.training_budget_s(10, 0) == pytest.approx(480)
-    assert demo.training_budget_s(10, 100) == pytest.approx(380)
+    assert demo.training_budget_s(10, 0) == pytest.approx(420)
+    assert demo.training_budget_s(10, 100) == pytest.approx(320)
     assert demo.training_budget_s(1, 500) == demo.MIN_TRAIN_S
 
 
@@ -133,6 +133,12 @@ def test_epoch_iterations_follow_the_time_left() -> None:
     assert demo_trainers.iterations_for_epoch(30, 5, 3.0, 2) == 1      # far behind: one iteration per epoch
     assert demo_trainers.iterations_for_epoch(-10, 1, 1.0, 2) == 1
     assert demo_trainers.iterations_for_epoch(1e6, 5, 0.05, 2) == demo_trainers.MAX_ITERATIONS  # fast GPU
+
+
+def test_epoch_count_shrinks_only_for_tiny_budgets() -> None:
+    assert demo_trainers.epochs_for_budget(430, 0.76, 2) == demo_trainers.DEMO_EPOCHS
+    assert demo_trainers.epochs_for_budget(11, 1.0, 2) == 3   # 3.5 s per one-iteration epoch
+    assert demo_trainers.epochs_for_budget(-1, 1.0, 2) == 1
 
 
 def test_budget_env_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,3 +179,30 @@ def test_demo_trainer_fixes_patch_batch_and_cpu_width_in_the_plans() -> None:
         assert config["batch_size"] == 2 and config["uc_fixed_patch"] is True
     assert cpu["configurations"]["3d_fullres"]["uc3dunet_kwargs"] == {"features": [16, 32, 64, 128, 256, 16]}
     assert "uc3dunet_kwargs" not in gpu["configurations"]["3d_fullres"]  # paper width on a GPU
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_with_the_stock_commands_then_reuse(tmp_path: Path) -> None:
+    """The real pipeline on a tiny synthetic set (5 + 1 cases, ~20 s of training): every stock command runs, the
+    outputs land in the work dir, and a second run reuses every step."""
+    import subprocess
+
+    workdir = tmp_path / "demo"
+    command = [sys.executable, "-m", "nnunetv2_uc", "demo", "--workdir", str(workdir), "--device", "cpu",
+               "--cases", "5", "--test-cases", "1", "--minutes", "0.5"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for step in ("synth", "plan", "train", "predict", "evaluate", "report"):
+        assert f"] {step}: done in" in first.stdout
+    summary = json.loads((workdir / "evaluation.json").read_text())
+    assert summary["n_cases"] == 1 and set(summary["labels"].values()) == {"liver", "kidney", "spleen", "pancreas"}
+    assert 0.0 <= summary["mean"]["dice"] <= 1.0
+    assert "mean Dice over the test cases" in first.stdout
+    assert (workdir / "overlays" / "synthtest_000.png").stat().st_size > 10_000
+    assert (workdir / "progress.png").is_file() and (workdir / "evaluation.md").is_file()
+    plans = json.loads((next(workdir.glob("nnUNet_results/*/nnUNetTrainerUC_demo__*")) / "plans.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [32, 64, 64]
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert second.stdout.count("reused (already done)") == 5  # all but the report

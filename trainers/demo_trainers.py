@@ -7,7 +7,8 @@ minutes-long run on 2 CPU cores needs:
 - a fixed, small patch and batch, and on CPU a narrower network (written into the plans, so nnUNetv2_predict
   builds the same network);
 - AdamW at 2e-3 (the plugin recipe's 5e-4 is tuned for 1000 x 250 iterations);
-- 20 epochs (poly LR over 20 epochs) of a length fitted to a wall-clock budget: after nnU-Net's
+- 20 epochs (poly LR over 20 epochs; fewer only if the budget cannot pay for 20 one-iteration epochs) of a
+  length fitted to a wall-clock budget: after nnU-Net's
   ``on_train_start`` the trainer times a few real training iterations and sets the iterations per epoch
   (1..250, plus 2 validation iterations) so that training ends within ``$nnunetv2_uc_demo_train_seconds``
   seconds of the trainer's start (default 300); before every epoch the count is re-fitted to the time left,
@@ -34,6 +35,7 @@ DEFAULT_BUDGET_S = 300.0
 CALIBRATION_STEPS = 3
 DEMO_EPOCHS = 20
 MAX_ITERATIONS = 250  # nnU-Net's default epoch length caps an epoch on fast machines
+EPOCH_OVERHEAD_S = 1.5  # per epoch besides the iterations: logging, progress.png, checkpoint_best
 
 
 def train_budget_seconds() -> float:
@@ -45,6 +47,13 @@ def train_budget_seconds() -> float:
     if value <= 0:
         raise ValueError(f"{BUDGET_ENV} must be a positive number of seconds, got {raw!r}")
     return value
+
+
+def epochs_for_budget(remaining_s: float, seconds_per_iteration: float, val_iterations: int,
+                      nominal: int = DEMO_EPOCHS) -> int:
+    """``nominal`` epochs, or fewer (at least 1) when the budget cannot pay for that many one-iteration epochs."""
+    cheapest_epoch = seconds_per_iteration * (1 + 0.5 * val_iterations) + EPOCH_OVERHEAD_S
+    return max(1, min(nominal, int(max(remaining_s, 0.0) // cheapest_epoch)))
 
 
 def iterations_for_epoch(remaining_s: float, remaining_epochs: int, seconds_per_iteration: float,
@@ -134,6 +143,10 @@ class DemoScheduleMixin:
             durations.append(perf_counter() - t0)
         per_iteration = statistics.median(durations[1:])
         remaining = self.demo_budget_s - (perf_counter() - self.demo_started)
+        if self.current_epoch == 0:  # a resumed run keeps its schedule
+            self.num_epochs = epochs_for_budget(remaining, per_iteration, self.num_val_iterations_per_epoch,
+                                                self.demo_epochs)
+            self.lr_scheduler.max_steps = self.num_epochs
         self.num_iterations_per_epoch = iterations_for_epoch(
             remaining, self.num_epochs - self.current_epoch, per_iteration, self.num_val_iterations_per_epoch)
         self.print_to_log_file(
