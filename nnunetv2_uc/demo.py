@@ -166,6 +166,21 @@ def preprocessing_complete(paths: DemoPaths) -> bool:
     return count_files(paths.preprocessed / paths.dataset / identifier, "*.pkl") >= n_train
 
 
+def dataset_mismatch(paths: DemoPaths, args: argparse.Namespace) -> str | None:
+    """Why the synthetic dataset already in the work dir does not match --seed/--cases/--test-cases (None if
+    it matches or does not exist yet)."""
+    try:
+        info = json.loads((paths.raw_dataset / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return None
+    found = (info.get("synthetic_seed"), info.get("numTraining"), info.get("numTest"))
+    wanted = (args.seed, args.cases, args.test_cases)
+    if found == wanted:
+        return None
+    return (f"{paths.raw_dataset} was made with seed {found[0]}, {found[1]} training and {found[2]} test cases, "
+            f"not seed {wanted[0]}, {wanted[1]} and {wanted[2]}; use another --workdir or delete {paths.workdir}")
+
+
 def predictions_complete(paths: DemoPaths) -> bool:
     n = n_test_cases(paths)
     return n > 0 and count_files(paths.predictions, "*.nii.gz") >= n
@@ -369,6 +384,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     workdir = Path(args.workdir).resolve()
     paths = DemoPaths(workdir, args.trainer or TRAINERS[args.arch])
+    mismatch = dataset_mismatch(paths, args)
+    if mismatch:
+        print(f"demo: {mismatch}")
+        return 1
     device = pick_device(args.device)
     if not args.dry_run:
         workdir.mkdir(parents=True, exist_ok=True)

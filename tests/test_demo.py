@@ -94,6 +94,17 @@ def test_finished_steps_are_detected_and_reused(tmp_path: Path) -> None:
     assert not other[4].done() and not other[2].done()  # another trainer: train, predict, evaluate again
 
 
+def test_a_reused_dataset_must_match_the_requested_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    steps, paths = _steps(tmp_path)
+    paths.raw_dataset.mkdir(parents=True)
+    (paths.raw_dataset / "dataset.json").write_text(
+        json.dumps({"synthetic_seed": 0, "numTraining": 24, "numTest": 6}))
+    assert demo.dataset_mismatch(paths, _args(tmp_path)) is None
+    assert main(["demo", "--dry-run", "--workdir", str(tmp_path), "--device", "cpu"]) == 0
+    assert main(["demo", "--dry-run", "--workdir", str(tmp_path), "--device", "cpu", "--seed", "3"]) == 1
+    assert "made with seed 0, 24 training and 6 test cases, not seed 3" in capsys.readouterr().out
+
+
 def test_pipeline_skips_done_steps_and_names_the_failed_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ran = []
     python = sys.executable
