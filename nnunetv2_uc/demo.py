@@ -4,7 +4,8 @@ Steps, each a subprocess whose own log is shown, with a one-line status per step
   1 synth        nnunetv2_uc synth (24 training + 6 held-out cases, 4 organs, anisotropic CT)
   2 plan         nnUNetv2_plan_and_preprocess -c 3d_fullres --verify_dataset_integrity
   3 train        nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerUC_demo (or nnUNetTrainerUXNet_demo):
-                 the number of epochs is fitted to the time left in --minutes
+                 20 epochs whose length is fitted to what is left of --minutes (70 % of it, minus the steps
+                 before; the rest is kept for nnU-Net's final validation, prediction and evaluation)
   4 predict      nnUNetv2_predict on imagesTs
   5 evaluate     nnunetv2_uc evaluate (paper metrics) -> WORKDIR/evaluation.json, evaluation.md, plots/
   6 report       prints the table; WORKDIR/overlays/*.png (CT, reference, prediction); copies nnU-Net's
