@@ -19,3 +19,10 @@ def fixture_path(name: str) -> Path:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _run_outside_the_source_tree(tmp_path, monkeypatch):
+    """Work in a temporary folder: a subprocess such as `python -m nnunetv2_uc` started in the repository root
+    would import the source folder `nnunetv2_uc/` (which lacks the mapped sub-packages) instead of the install."""
+    monkeypatch.chdir(tmp_path)
