@@ -6,6 +6,7 @@ they pickle to worker processes; no voxel data is held outside ``write``.
 """
 from __future__ import annotations
 
+import abc
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ class CaseOutcome:
 
 
 @dataclass(frozen=True)
-class CaseSource:
+class CaseSource(abc.ABC):
     """Base class: a case id, its destination subset (imagesTr or imagesTs) and its metadata."""
 
     case_id: str
@@ -50,14 +51,17 @@ class CaseSource:
     metadata: tuple[tuple[str, object], ...] = ()
 
     @property
+    @abc.abstractmethod
     def has_label(self) -> bool:
-        raise NotImplementedError
+        """Whether the case comes with a segmentation."""
 
+    @abc.abstractmethod
     def inspect(self) -> Inspection:
-        raise NotImplementedError
+        """Header-level checks (no voxel data): geometry and the problems found."""
 
+    @abc.abstractmethod
     def write(self, image_path: Path, label_path: Path | None) -> CaseOutcome:
-        raise NotImplementedError
+        """Write the nnU-Net image (and label) files for this case."""
 
 
 def _read_geometry(path: Path, allow_repair: bool) -> tuple[Geometry, bool]:
