@@ -90,7 +90,7 @@ class UC3DUNet(nn.Module):
         self.gated_up = nn.ModuleList(GatedUpBlock(f[level + 1], f[level]) for level in (3, 2, 1))
         self.concat_up = ConcatUpBlock(f[1], f[0], f[5])
         self.head = SegmentationHead(f[5], num_classes)
-        to_channels_last(self)  # ~15% faster training steps on CPU (oneDNN), the layout cuDNN prefers on CUDA
+        to_channels_last(self)  # the layout cuDNN prefers; neutral on CPU (BENCHMARKS.md)
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input_tensor(x, self.input_channels, "UC3DUNet")
