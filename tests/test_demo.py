@@ -183,8 +183,8 @@ def test_demo_trainer_fixes_patch_batch_and_cpu_width_in_the_plans() -> None:
         return {"configurations": {"3d_fullres": {"patch_size": [40, 128, 128], "batch_size": 5}}}
 
     cpu, gpu = plans(), plans()
-    demo_trainers.nnUNetTrainerUC_demo._fix_demo_plans(cpu, "3d_fullres", torch.device("cpu"))
-    demo_trainers.nnUNetTrainerUC_demo._fix_demo_plans(gpu, "3d_fullres", torch.device("cuda"))
+    demo_trainers.nnUNetTrainerUC_demo.adjust_plans(cpu, "3d_fullres", torch.device("cpu"))
+    demo_trainers.nnUNetTrainerUC_demo.adjust_plans(gpu, "3d_fullres", torch.device("cuda"))
     for config in (cpu["configurations"]["3d_fullres"], gpu["configurations"]["3d_fullres"]):
         assert config["patch_size"] == list(demo_trainers.DemoScheduleMixin.demo_patch_size)
         assert config["batch_size"] == 2 and config["uc_fixed_patch"] is True

@@ -46,6 +46,7 @@ class PaperNetworkTrainer(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        self.adjust_plans(plans, configuration, device)
         # runs before super().__init__ creates the results folder: a bad request leaves nothing behind
         decision = prepare_plans(plans, configuration, fold, dataset_json, self.spec, self.optimizer_slots,
                                  self.__class__.__name__, _preprocessed_base(plans))
@@ -56,6 +57,18 @@ class PaperNetworkTrainer(nnUNetTrainer):
         self.adam_eps = 1e-4
         self.patch_decision = decision
         self._log_patch_decision(decision)
+        self.configure_recipe()
+
+    @classmethod
+    def adjust_plans(cls, plans: dict, configuration: str, device: torch.device) -> None:
+        """Hook for variants: edit the plans before they are validated and read (default: nothing)."""
+
+    def configure_recipe(self) -> None:
+        """Hook for variants: set optimizer/schedule attributes after nnU-Net's __init__ (default: nothing).
+
+        Mixins override it cooperatively (``super().configure_recipe()`` first), so the variant classes need no
+        ``__init__`` of their own and keep nnU-Net's exact constructor signature.
+        """
 
     def _log_patch_decision(self, decision: PatchDecision) -> None:
         for reason in decision.reasons:
@@ -81,7 +94,8 @@ class SGDRecipeMixin:
 
     optimizer_slots = 1
 
-    def _use_sgd_recipe(self) -> None:
+    def configure_recipe(self) -> None:
+        super().configure_recipe()
         self.initial_lr = 1e-2
         self.weight_decay = 3e-5
 
@@ -92,7 +106,8 @@ class SGDRecipeMixin:
 class TinyScheduleMixin:
     """Smoke tests and CI only, NOT for real training: 2 epochs x 4 iterations, 2 validation iterations."""
 
-    def _use_tiny_schedule(self) -> None:
+    def configure_recipe(self) -> None:
+        super().configure_recipe()
         self.num_epochs = 2
         self.num_iterations_per_epoch = 4
         self.num_val_iterations_per_epoch = 2

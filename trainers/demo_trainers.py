@@ -78,9 +78,10 @@ class DemoScheduleMixin:
     demo_cpu_network_kwargs: dict = {}
 
     @classmethod
-    def _fix_demo_plans(cls, plans: dict, configuration: str, device: torch.device) -> None:
+    def adjust_plans(cls, plans: dict, configuration: str, device: torch.device) -> None:
         """Write the demo patch, batch and (on CPU) network width into the plans before the trainer reads them;
         the trainer saves them to plans.json, so nnUNetv2_predict builds the same network."""
+        super().adjust_plans(plans, configuration, device)
         config = plans.get("configurations", {}).get(configuration)
         if config is None:
             return  # the parent trainer reports the missing configuration with the fix
@@ -91,7 +92,8 @@ class DemoScheduleMixin:
             key = cls.spec.kwargs_key
             config[key] = {**config.get(key, {}), **cls.demo_cpu_network_kwargs}
 
-    def _use_demo_schedule(self) -> None:
+    def configure_recipe(self) -> None:
+        super().configure_recipe()
         self.num_epochs = self.demo_epochs
         self.num_iterations_per_epoch = 20  # replaced by the fitted count in on_train_start
         self.num_val_iterations_per_epoch = self.demo_val_iterations
@@ -166,12 +168,6 @@ class nnUNetTrainerUC_demo(DemoScheduleMixin, nnUNetTrainerUC):
 
     demo_cpu_network_kwargs = {"features": [16, 32, 64, 128, 256, 16]}
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        self._fix_demo_plans(plans, configuration, device)
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._use_demo_schedule()
-
 
 class nnUNetTrainerUXNet_demo(DemoScheduleMixin, nnUNetTrainerUXNet):
     """3D UX-Net for `nnunetv2_uc demo`: time-budgeted short schedule; DEMO ONLY.
@@ -180,9 +176,3 @@ class nnUNetTrainerUXNet_demo(DemoScheduleMixin, nnUNetTrainerUXNet):
     """
 
     demo_cpu_network_kwargs = {"feature_sizes": [24, 48, 96, 192], "hidden_size": 384}
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        self._fix_demo_plans(plans, configuration, device)
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._use_demo_schedule()

@@ -1,7 +1,6 @@
 """nnU-Net trainers for uC 3DU-Net (``-tr nnUNetTrainerUC`` and variants)."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -32,25 +31,10 @@ class nnUNetTrainerUC(PaperNetworkTrainer):
 class nnUNetTrainerUC_SGD(SGDRecipeMixin, nnUNetTrainerUC):
     """uC 3DU-Net with nnU-Net's default SGD recipe."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._use_sgd_recipe()
-
 
 class nnUNetTrainerUC_tiny(TinyScheduleMixin, nnUNetTrainerUC):
     """Smoke tests / CI only (2 epochs x 4 iterations, 2 val iterations); NOT for real training."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._use_tiny_schedule()
-
 
 class nnUNetTrainerUC_SGD_tiny(TinyScheduleMixin, nnUNetTrainerUC_SGD):
     """Smoke tests / CI only, SGD recipe; NOT for real training."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._use_tiny_schedule()

@@ -1,7 +1,6 @@
 """nnU-Net trainers for 3D UX-Net (``-tr nnUNetTrainerUXNet`` and variants)."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -31,25 +30,10 @@ class nnUNetTrainerUXNet(PaperNetworkTrainer):
 class nnUNetTrainerUXNet_SGD(SGDRecipeMixin, nnUNetTrainerUXNet):
     """3D UX-Net with nnU-Net's default SGD recipe."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._use_sgd_recipe()
-
 
 class nnUNetTrainerUXNet_tiny(TinyScheduleMixin, nnUNetTrainerUXNet):
     """Smoke tests / CI only (2 epochs x 4 iterations, 2 val iterations); NOT for real training."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._use_tiny_schedule()
-
 
 class nnUNetTrainerUXNet_SGD_tiny(TinyScheduleMixin, nnUNetTrainerUXNet_SGD):
     """Smoke tests / CI only, SGD recipe; NOT for real training."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self._use_tiny_schedule()
