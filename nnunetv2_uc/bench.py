@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 from dataclasses import asdict
 from typing import Sequence
 
-from nnunetv2_uc.timing import NETWORKS, StepSetup, measure_step, run_in_fresh_process
+from nnunetv2_uc.timing import NETWORKS, StepSetup, measure_step, request_problem, run_in_fresh_process
 
 
 def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, repeats: int) -> dict:
@@ -63,7 +64,7 @@ def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str
           channels_last: bool, volume: Sequence[int] | None, mirroring: bool, repeats: int, classes: int,
           progress=print) -> list[dict]:
     rows = []
-    voxels_per_step = batch * int(__import__("math").prod(patch))
+    voxels_per_step = batch * int(math.prod(patch))
     for name in networks:
         setup = StepSetup(name, tuple(patch), 1, classes, batch, device, amp, compile_, channels_last)
         progress(f"[bench] {name}: training step at {list(patch)} x batch {batch} on {device} (amp {amp}, "
@@ -76,7 +77,7 @@ def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str
             inference = run_in_fresh_process(measure_inference, setup, tuple(volume), mirroring, repeats)
             row.update(inference_s=inference["inference_s"], volume=list(volume), mirroring=mirroring,
                        inference_peak_memory_bytes=inference["inference_peak_memory_bytes"],
-                       inference_voxels_per_s=int(__import__("math").prod(volume)) / inference["inference_s"])
+                       inference_voxels_per_s=int(math.prod(volume)) / inference["inference_s"])
         rows.append(row)
     for baseline in ("plainunet", "resenc_m"):
         base = next((r for r in rows if r["name"] == baseline), None)
@@ -135,22 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunetv2_uc.architectures import spatial_shape_problems
-
-    for name in args.arch:
-        if name in ("uxnet", "uc3dunet"):
-            problems = spatial_shape_problems(args.patch, multiple_of_16=name == "uxnet")
-            if problems:
-                print(f"error: {name} cannot take patch {args.patch}: " + "; ".join(problems), file=sys.stderr)
-                return 2
-    if args.volume and any(v < p for v, p in zip(args.volume, args.patch)):
-        print(f"error: --volume {args.volume} is smaller than the patch {args.patch} on some axis", file=sys.stderr)
+    problem = request_problem(args.arch, args.patch, args.device)
+    if not problem and args.volume and any(v < p for v, p in zip(args.volume, args.patch)):
+        problem = f"--volume {args.volume} is smaller than the patch {args.patch} on some axis"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            print("error: --device cuda but no CUDA device is visible; use --device cpu", file=sys.stderr)
-            return 2
     progress = lambda message: print(message, file=sys.stderr, flush=True)
     rows = bench(args.arch, args.patch, args.batch, args.device, args.amp, args.compile, args.channels_last,
                  args.volume, not args.no_mirroring, args.repeats, args.classes, progress)

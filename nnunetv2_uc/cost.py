@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Sequence
 
-from nnunetv2_uc.timing import StepSetup, build_network, measure_step, run_in_fresh_process
+from nnunetv2_uc.timing import StepSetup, build_network, measure_step, request_problem, run_in_fresh_process
 
 ARCHS = ("uxnet", "uc3dunet", "plainunet")
 
@@ -106,20 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunetv2_uc.architectures import spatial_shape_problems
-
     archs = list(ARCHS) if "all" in args.arch else list(dict.fromkeys(args.arch))
-    for arch in archs:
-        if arch in ("uxnet", "uc3dunet"):
-            problems = spatial_shape_problems(args.patch, multiple_of_16=(arch == "uxnet"))
-            if problems:
-                print(f"error: {arch} cannot take patch {args.patch}: " + "; ".join(problems), file=sys.stderr)
-                return 2
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            print("error: --device cuda but no CUDA device is visible; use --device cpu", file=sys.stderr)
-            return 2
+    problem = request_problem(archs, args.patch, args.device)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if not args.no_timing:
         print(f"timing {', '.join(archs)} at patch {args.patch} on {args.device} "
               f"({args.repeats} repeats after 1 warm-up; each network in a fresh process)...", file=sys.stderr)

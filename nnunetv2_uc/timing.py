@@ -50,6 +50,22 @@ def build_network(name: str, input_channels: int, num_classes: int, patch: Seque
     return ResidualEncoderUNet(*args, list(RESENC_M_BLOCKS[:n]), num_classes, [1] * (n - 1), **common)
 
 
+def request_problem(names: Sequence[str], patch: Sequence[int], device: str) -> str | None:
+    """Why these networks cannot be run at ``patch`` on ``device`` (None if they can): checked before any work."""
+    from nnunetv2_uc.architectures import spatial_shape_problems
+
+    for name in names:
+        if name in ("uxnet", "uc3dunet"):
+            problems = spatial_shape_problems(patch, multiple_of_16=name == "uxnet")
+            if problems:
+                return f"{name} cannot take patch {list(patch)}: " + "; ".join(problems)
+    if device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            return "--device cuda but no CUDA device is visible; use --device cpu"
+    return None
+
+
 @dataclass
 class StepSetup:
     """How one network is run: batch, device, mixed precision ('off', 'bf16', 'fp16'), compile, memory format."""
