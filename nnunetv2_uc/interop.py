@@ -220,18 +220,11 @@ def convert_state_dict(arch: str, model, original_state: dict) -> dict:
     return {name: found[aliases.get(name, name)] for name in model.state_dict()}
 
 
-def _canonical_name(model, name: str) -> str:
-    """dynamic-network-architectures registers each conv twice (``conv`` and ``all_modules.0``); use one name."""
-    return _alias_table(model).get(name, name)
-
-
 def _alias_table(model) -> dict:
-    table = getattr(model, "_nnunetv2_uc_aliases", None)
-    if table is None:
-        canonical = {id(p): n for n, p in model.named_parameters()}
-        table = {n: canonical[id(t)] for n, t in model.state_dict(keep_vars=True).items() if id(t) in canonical}
-        object.__setattr__(model, "_nnunetv2_uc_aliases", table)
-    return table
+    """state-dict name -> parameter name: dynamic-network-architectures registers each conv twice
+    (``conv`` and ``all_modules.0``), so one parameter can appear under two state-dict keys."""
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    return {n: canonical[id(t)] for n, t in model.state_dict(keep_vars=True).items() if id(t) in canonical}
 
 
 def load_original(arch: str, state_dict_or_path: Any, weights_only: bool = True, **original_kwargs):
