@@ -12,14 +12,15 @@ import torch
 from torch import nn
 
 from nnunetv2_uc.architectures.blocks import (
-    DFi, SegmentationHead, UShapedConnection, conv_norm_act_stack, pad_end_to_match, to_channels_last,
+    DFi, FastInstanceNorm3d, PatchConvTranspose3d, SegmentationHead, UShapedConnection, conv_norm_act_stack,
+    pad_end_to_match, to_channels_last,
 )
 from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
 
 
 def two_conv_3d(input_channels: int, output_channels: int) -> nn.Module:
     """(conv3 with bias -> InstanceNorm(affine) -> LeakyReLU(0.1)) x 2."""
-    return conv_norm_act_stack(nn.Conv3d, input_channels, output_channels, nn.InstanceNorm3d,
+    return conv_norm_act_stack(nn.Conv3d, input_channels, output_channels, FastInstanceNorm3d,
                                {"eps": 1e-5, "affine": True}, nn.LeakyReLU, {"negative_slope": 0.1, "inplace": True})
 
 
@@ -30,7 +31,7 @@ class GatedUpBlock(nn.Module):
         super().__init__()
         if input_channels // 2 != skip_channels:
             raise ValueError(f"uC DFi level needs in/2 == skip width, got in={input_channels}, skip={skip_channels}")
-        self.upsample = nn.ConvTranspose3d(input_channels, skip_channels, 2, stride=2)
+        self.upsample = PatchConvTranspose3d(input_channels, skip_channels)
         self.fusion = DFi(skip_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ class ConcatUpBlock(nn.Module):
 
     def __init__(self, input_channels: int, skip_channels: int, output_channels: int) -> None:
         super().__init__()
-        self.upsample = nn.ConvTranspose3d(input_channels, input_channels, 2, stride=2)
+        self.upsample = PatchConvTranspose3d(input_channels, input_channels)
         self.convs = two_conv_3d(skip_channels + input_channels, output_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from nnunetv2_uc.architectures.blocks import (
-    LayerNormChannelsFirst, SegmentationHead, UXBlock, residual_block_3d, to_channels_last,
+    LayerNormChannelsFirst, PatchConvTranspose3d, SegmentationHead, UXBlock, residual_block_3d, to_channels_last,
 )
 from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
 
@@ -60,7 +60,7 @@ class UXNetUpBlock(nn.Module):
 
     def __init__(self, input_channels: int, output_channels: int) -> None:
         super().__init__()
-        self.upsample = nn.ConvTranspose3d(input_channels, output_channels, 2, stride=2, bias=False)
+        self.upsample = PatchConvTranspose3d(input_channels, output_channels, bias=False)
         self.block = residual_block_3d(2 * output_channels, output_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

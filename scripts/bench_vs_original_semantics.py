@@ -34,13 +34,13 @@ def training_step(model, x, target, optimizer) -> None:
     optimizer.step()
 
 
-def compare(arch: str, size: int, repeats: int) -> dict:
+def compare(arch: str, size: int, repeats: int, batch: int = 1) -> dict:
     torch.manual_seed(0)
     make_reference, kwargs = PAIRS[arch]
     reference = make_reference().train()
     ours = load_original(arch, reference.state_dict(), **kwargs).train()
-    x = torch.randn(1, 1, size, size, size)
-    target = torch.randint(0, 5, (1, size, size, size))
+    x = torch.randn(batch, 1, size, size, size)
+    target = torch.randint(0, 5, (batch, size, size, size))
     runs = {name: (model, torch.optim.SGD(model.parameters(), lr=1e-4))
             for name, model in (("original_semantics", reference), ("ours", ours))}
     times = {name: {"wall": [], "cpu": []} for name in runs}
@@ -53,7 +53,7 @@ def compare(arch: str, size: int, repeats: int) -> dict:
             times[name]["wall"].append(time.perf_counter() - wall)
             times[name]["cpu"].append(time.process_time() - cpu)
     median = lambda values: sorted(values)[len(values) // 2]
-    row = {"arch": arch, "patch": size, "threads": torch.get_num_threads()}
+    row = {"arch": arch, "patch": size, "batch": batch, "threads": torch.get_num_threads()}
     for name in runs:
         row[f"{name}_wall_s"] = median(times[name]["wall"])
         row[f"{name}_cpu_s"] = median(times[name]["cpu"])
@@ -67,17 +67,19 @@ def main() -> int:
     parser.add_argument("--arch", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--patch", nargs="+", type=int, default=[48, 64], help="cubic patch edge(s)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
+    print(f"batch {args.batch}")
     print("| network | patch | threads | original-semantics step s (cpu / wall) | ours step s (cpu / wall) | ratio (cpu / wall) |")
     print("|---|---|---|---|---|---|")
     for arch in args.arch:
         for size in args.patch:
-            r = compare(arch, size, args.repeats)
+            r = compare(arch, size, args.repeats, args.batch)
             rows.append(r)
             print(f"| {arch} | {size}^3 | {r['threads']} | {r['original_semantics_cpu_s']:.2f} / "
                   f"{r['original_semantics_wall_s']:.2f} | {r['ours_cpu_s']:.2f} / {r['ours_wall_s']:.2f} | "

@@ -6,7 +6,10 @@ import torch
 from torch import nn
 
 from nnunetv2_uc.architectures import UC3DUNet, UXNet, spatial_shape_problems
-from nnunetv2_uc.architectures.blocks import DepthwiseChannelScaling, LayerNormChannelsFirst, UShapedConnection
+from nnunetv2_uc.architectures.blocks import (
+    DFi, DepthwiseChannelScaling, FastInstanceNorm3d, LayerNormChannelsFirst, PatchConvTranspose2d,
+    PatchConvTranspose3d, PointwiseConv3d, UShapedConnection,
+)
 from nnunetv2_uc.cost import count_macs, count_parameters
 
 SMALL_UX = dict(feature_sizes=(16, 16, 32, 32), depths=(1, 1, 1, 1), hidden_size=32)
@@ -122,3 +125,111 @@ def test_slice_axis_first_runs_the_2d_unet_on_planes_of_axis_1_and_2():
     torch.testing.assert_close(first(x), expected)
     # and each slice is processed on its own
     torch.testing.assert_close(first(x)[:, :, 2:3], first(x[:, :, 2:3]))
+
+
+# ---- drop-in layers with CPU fast paths: same values and gradients as the torch layer they subclass --------
+def _forward_backward(module: nn.Module, *inputs: torch.Tensor):
+    module.zero_grad(set_to_none=True)
+    inputs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = module(*inputs)
+    out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+    grads = [x.grad for x in inputs] + [p.grad for p in module.parameters()]
+    return out, grads
+
+
+def _assert_same_forward_backward(fast: nn.Module, reference: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    reference.load_state_dict(fast.state_dict())
+    out, grads = _forward_backward(fast, *inputs)
+    expected, expected_grads = _forward_backward(reference, *inputs)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    return out
+
+
+def _layouts(x: torch.Tensor):
+    cl = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+    return [x.contiguous(), x.contiguous(memory_format=cl)]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("affine", [False, True])
+def test_fast_instance_norm_equals_instance_norm_in_both_layouts(batch, affine):
+    torch.manual_seed(0)
+    fast = FastInstanceNorm3d(6, eps=1e-5, affine=affine)
+    if affine:
+        with torch.no_grad():
+            fast.weight.normal_()
+            fast.bias.normal_()
+    for x in _layouts(torch.randn(batch, 6, 5, 6, 7) * 3 + 1):
+        out = _assert_same_forward_backward(fast, nn.InstanceNorm3d(6, eps=1e-5, affine=affine), x)
+        assert out.is_contiguous(memory_format=torch.channels_last_3d) == (
+            not x.is_contiguous()), "the norm must keep the layout it was given"
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_patch_transposed_convs_equal_torch_and_return_channels_last(bias):
+    torch.manual_seed(0)
+    for fast, reference, x in (
+        (PatchConvTranspose3d(6, 4, bias=bias), nn.ConvTranspose3d(6, 4, 2, stride=2, bias=bias),
+         torch.randn(2, 6, 3, 4, 5)),
+        (PatchConvTranspose2d(6, 4, bias=bias), nn.ConvTranspose2d(6, 4, 2, stride=2, bias=bias),
+         torch.randn(3, 6, 4, 5)),
+    ):
+        for layout in _layouts(x):
+            out = _assert_same_forward_backward(fast, reference, layout)
+            cl = torch.channels_last_3d if out.ndim == 5 else torch.channels_last
+            assert out.is_contiguous(memory_format=cl)
+
+
+def test_patch_transposed_conv_refuses_overlapping_kernels():
+    fast = PatchConvTranspose3d(4, 4)
+    fast.stride = (1, 1, 1)  # kernel 2, stride 1: output blocks would overlap and the GEMM path would be wrong
+    with pytest.raises(ValueError, match="kernel == stride"):
+        fast._check_patch_geometry()
+
+
+def test_pointwise_conv_and_head_equal_conv3d():
+    torch.manual_seed(0)
+    for x in _layouts(torch.randn(2, 6, 3, 4, 5)):
+        _assert_same_forward_backward(PointwiseConv3d(6, 3), nn.Conv3d(6, 3, 1), x)
+        _assert_same_forward_backward(PointwiseConv3d(6, 3, bias=False), nn.Conv3d(6, 3, 1, bias=False), x)
+
+
+def test_dfi_single_gemm_equals_the_three_convs():
+    torch.manual_seed(0)
+    dfi = DFi(6)
+    up, skip = torch.randn(2, 6, 3, 4, 5), torch.randn(2, 6, 3, 4, 5)
+    up, skip = up.contiguous(memory_format=torch.channels_last_3d), skip.contiguous(memory_format=torch.channels_last_3d)
+
+    class ThreeConvs(nn.Module):  # the formula, written with the torch convs
+        def __init__(self) -> None:
+            super().__init__()
+            self.fuse, self.gate_up, self.gate_skip = nn.Conv3d(12, 6, 1, bias=False), nn.Conv3d(6, 1, 1), nn.Conv3d(6, 1, 1)
+
+        def forward(self, a, b):
+            return self.fuse(torch.cat([a, b], 1)) * torch.sigmoid(self.gate_up(a) + self.gate_skip(b))
+
+    _assert_same_forward_backward(dfi, ThreeConvs(), up, skip)
+
+
+@pytest.mark.parametrize("slice_axis", ["first", "last"])
+def test_u_connection_equals_a_loop_over_slices(slice_axis):
+    torch.manual_seed(0)
+    uc = UShapedConnection([4, 8, 16], slice_axis=slice_axis).eval()
+    x = torch.randn(2, 4, 6, 8, 12)
+    for layout in _layouts(x):
+        out = uc(layout)
+        dim = 2 if slice_axis == "first" else 4
+        expected = torch.stack([uc.unet(s) for s in layout.unbind(dim)], dim=dim)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_u_connection_on_first_axis_of_a_channels_last_map_folds_without_copying():
+    uc = UShapedConnection([4, 8], slice_axis="first").eval()
+    x = torch.randn(2, 4, 3, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    seen = []
+    uc.unet.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    uc(x)
+    assert seen[0].data_ptr() == x.data_ptr() and seen[0].is_contiguous(memory_format=torch.channels_last)
