@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:
@@ -124,6 +125,14 @@ class PatchConvTranspose2d(_PatchTransposedConvMixin, nn.ConvTranspose2d):
     def __init__(self, input_channels: int, output_channels: int, kernel_size: int = 2, bias: bool = True) -> None:
         super().__init__(input_channels, output_channels, kernel_size, stride=kernel_size, bias=bias)
         self._check_patch_geometry()
+
+
+def maybe_checkpoint(module: nn.Module, *inputs: torch.Tensor, enabled: bool) -> torch.Tensor:
+    """``module(*inputs)``; with ``enabled`` while autograd records, the module's activations are recomputed in
+    the backward pass instead of kept (activation checkpointing: less memory for about one more forward)."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(module, *inputs, use_reentrant=False)
+    return module(*inputs)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from torch import nn
 
 from nnunetv2_uc.architectures.blocks import (
     DFi, FastInstanceNorm3d, PatchConvTranspose3d, SegmentationHead, UShapedConnection, conv_norm_act_stack,
-    pad_end_to_match, to_channels_last,
+    maybe_checkpoint, pad_end_to_match, to_channels_last,
 )
 from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
 
@@ -60,6 +60,8 @@ class UC3DUNet(nn.Module):
         uc_levels: skip levels that pass through a U-shaped connection (the original: 0, 1, 2).
         slice_axis: "first" folds spatial axis 0 (in-plane slices of nnU-Net's (z, y, x) tensors);
             "last" folds axis 2, as the original does on its MONAI (x, y, z) tensors.
+        activation_checkpointing: recompute each stage's activations (3-D conv pairs, U-shaped connections, up
+            blocks) in the backward pass instead of storing them (memory down, step time up; values unchanged).
         deep_supervision: accepted for nnU-Net's ``get_network_from_plans``; must be falsy (no DS heads).
     """
 
@@ -67,7 +69,8 @@ class UC3DUNet(nn.Module):
 
     def __init__(self, input_channels: int, num_classes: int,
                  features: Sequence[int] = (24, 48, 96, 192, 384, 32), uc_levels: Sequence[int] = (0, 1, 2),
-                 slice_axis: str = "first", deep_supervision: bool = False) -> None:
+                 slice_axis: str = "first", activation_checkpointing: bool = False,
+                 deep_supervision: bool = False) -> None:
         super().__init__()
         if deep_supervision:
             raise ValueError("UC3DUNet has no deep-supervision heads; build it with deep_supervision=False")
@@ -80,6 +83,7 @@ class UC3DUNet(nn.Module):
         self.num_classes = num_classes
         self.slice_axis = slice_axis
         self.uc_levels = tuple(uc_levels)
+        self.activation_checkpointing = activation_checkpointing
         self.stem = two_conv_3d(input_channels, f[0])
         self.down = nn.ModuleList(
             nn.Sequential(nn.MaxPool3d(2), two_conv_3d(c_in, c_out)) for c_in, c_out in zip(f[:4], f[1:5])
@@ -100,12 +104,20 @@ class UC3DUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, input_channels, D0, D1, D2) -> logits (B, num_classes, D0, D1, D2)."""
         self.check_input(x)
-        features = [self.stem(x.contiguous(memory_format=torch.channels_last_3d))]
+        run = self._run
+        features = [run(self.stem, x.contiguous(memory_format=torch.channels_last_3d))]
         for down in self.down:
-            features.append(down(features[-1]))
-        skips = [self.u_connections[str(level)](feat) if str(level) in self.u_connections else feat
+            features.append(run(down, features[-1]))
+        skips = [run(self.u_connections[str(level)], feat) if str(level) in self.u_connections else feat
                  for level, feat in enumerate(features[:4])]
         y = features[4]
         for up, skip in zip(self.gated_up, reversed(skips[1:])):
-            y = up(y, skip)
-        return self.head(self.concat_up(y, skips[0]))
+            y = run(up, y, skip)
+        return self.head(run(self.concat_up, y, skips[0]))
+
+    def checkpoint_segments(self) -> list[nn.Module]:
+        """The modules whose activations ``activation_checkpointing`` recomputes, one at a time, in backward."""
+        return [self.stem, *self.down, *self.u_connections.values(), *self.gated_up, self.concat_up]
+
+    def _run(self, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        return maybe_checkpoint(module, *inputs, enabled=self.activation_checkpointing)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from nnunetv2_uc.architectures.blocks import (
-    LayerNormChannelsFirst, PatchConvTranspose3d, SegmentationHead, UXBlock, residual_block_3d, to_channels_last,
+    LayerNormChannelsFirst, PatchConvTranspose3d, SegmentationHead, UXBlock, maybe_checkpoint, residual_block_3d,
+    to_channels_last,
 )
 from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
 
@@ -44,13 +45,13 @@ class UXNetEncoder(nn.Module):
             ]))
         self.norms = nn.ModuleList(LayerNormChannelsFirst(c) for c in feature_sizes)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, checkpoint_stages: bool = False) -> list[torch.Tensor]:
         # channels_last_3d: the depthwise k7 conv's backward is ~4x faster on CPU (oneDNN) and reaches cuDNN on
         # CUDA; the UX blocks' channels-last views then cost no copies
         x = x.contiguous(memory_format=torch.channels_last_3d)
         outputs = []
         for down, stage, norm in zip(self.downsample, self.stages, self.norms):
-            x = stage(down(x))
+            x = maybe_checkpoint(stage, down(x), enabled=checkpoint_stages)
             outputs.append(norm(x))
         return outputs
 
@@ -80,6 +81,8 @@ class UXNet(nn.Module):
         drop_path_rate: final stochastic-depth rate (linear over blocks).
         layer_scale_init_value: initial layer scale gamma. The original ignores its own argument and always
             uses 1e-6; ``interop.load_original`` reproduces that.
+        activation_checkpointing: recompute each encoder stage's and each residual block's activations in the
+            backward pass instead of storing them (training memory down, step time up; values unchanged).
         deep_supervision: accepted for nnU-Net's ``get_network_from_plans``; must be falsy (no DS heads).
     """
 
@@ -88,13 +91,15 @@ class UXNet(nn.Module):
     def __init__(self, input_channels: int, num_classes: int,
                  feature_sizes: Sequence[int] = (48, 96, 192, 384), depths: Sequence[int] = (2, 2, 2, 2),
                  hidden_size: int = 768, kernel_size: int = 7, drop_path_rate: float = 0.0,
-                 layer_scale_init_value: float = 1e-6, deep_supervision: bool = False) -> None:
+                 layer_scale_init_value: float = 1e-6, activation_checkpointing: bool = False,
+                 deep_supervision: bool = False) -> None:
         super().__init__()
         if deep_supervision:
             raise ValueError("UXNet has no deep-supervision heads; build it with deep_supervision=False")
         f = list(feature_sizes)
         self.input_channels = input_channels
         self.num_classes = num_classes
+        self.activation_checkpointing = activation_checkpointing
         self.encoder = UXNetEncoder(input_channels, f, depths, kernel_size, drop_path_rate, layer_scale_init_value)
         # residual blocks on the skips: raw input, then stage outputs 0..2, and the bottleneck on stage 3
         self.skip_blocks = nn.ModuleList([
@@ -118,9 +123,17 @@ class UXNet(nn.Module):
         """(B, input_channels, D0, D1, D2) -> logits (B, num_classes, D0, D1, D2)."""
         self.check_input(x)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-        stage_outputs = self.encoder(x)
-        skips = [self.skip_blocks[0](x)] + [blk(s) for blk, s in zip(self.skip_blocks[1:], stage_outputs[:3])]
-        y = self.bottleneck(stage_outputs[3])
+        stage_outputs = self.encoder(x, self.activation_checkpointing)
+        run = self._run
+        skips = [run(self.skip_blocks[0], x)] + [run(blk, s) for blk, s in zip(self.skip_blocks[1:], stage_outputs[:3])]
+        y = run(self.bottleneck, stage_outputs[3])
         for up, skip in zip(self.up_blocks, reversed(skips)):
-            y = up(y, skip)
-        return self.head(self.head_block(y))
+            y = run(up, y, skip)
+        return self.head(run(self.head_block, y))
+
+    def checkpoint_segments(self) -> list[nn.Module]:
+        """The modules whose activations ``activation_checkpointing`` recomputes, one at a time, in backward."""
+        return [*self.encoder.stages, *self.skip_blocks, self.bottleneck, *self.up_blocks, self.head_block]
+
+    def _run(self, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        return maybe_checkpoint(module, *inputs, enabled=self.activation_checkpointing)

@@ -233,3 +233,37 @@ def test_u_connection_on_first_axis_of_a_channels_last_map_folds_without_copying
     uc.unet.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
     uc(x)
     assert seen[0].data_ptr() == x.data_ptr() and seen[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(UXNet, SMALL_UX), (UC3DUNet, SMALL_UC)])
+def test_activation_checkpointing_changes_memory_not_values_or_gradients(cls, kwargs):
+    from nnunetv2_uc.trainers.patch_planning import saved_activation_bytes
+
+    torch.manual_seed(0)
+    plain = cls(1, 3, **kwargs)
+    checkpointed = cls(1, 3, activation_checkpointing=True, **kwargs)
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 1, 16, 32, 32)
+    out, grads = _forward_backward(checkpointed, x)
+    expected, expected_grads = _forward_backward(plain, x)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.device("meta"):
+        sizes = {flag: saved_activation_bytes(cls(1, 3, activation_checkpointing=flag, **kwargs), (2, 1, 64, 64, 64))
+                 for flag in (False, True)}
+    assert sizes[True] < 0.75 * sizes[False]
+
+
+@pytest.mark.parametrize("cls, kwargs", [(UXNet, SMALL_UX), (UC3DUNet, SMALL_UC)])
+def test_training_step_compiles_without_graph_breaks_with_checkpointing_and_fast_paths(cls, kwargs):
+    """fullgraph=True fails on any graph break (the CPU fast-path branches, checkpoint regions); aot_eager
+    traces like inductor without its C++ build (minutes on 2 cores)."""
+    torch.manual_seed(0)
+    net = cls(1, 3, activation_checkpointing=True, **kwargs)
+    x = torch.randn(2, 1, 16, 32, 32)
+    expected, expected_grads = _forward_backward(net, x)
+    out, grads = _forward_backward(torch.compile(net, fullgraph=True, backend="aot_eager"), x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -5,6 +5,7 @@ import copy
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,8 +15,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_uc.architectures import UC3DUNet, UXNet
 from nnunetv2_uc.trainers import (
-    TRAINER_NAMES, nnUNetTrainerUC, nnUNetTrainerUC_SGD, nnUNetTrainerUC_tiny, nnUNetTrainerUXNet,
-    nnUNetTrainerUXNet_tiny,
+    TRAINER_NAMES, nnUNetTrainerUC, nnUNetTrainerUC_SGD, nnUNetTrainerUC_checkpointed, nnUNetTrainerUC_tiny,
+    nnUNetTrainerUXNet, nnUNetTrainerUXNet_checkpointed, nnUNetTrainerUXNet_tiny,
 )
 from nnunetv2_uc.trainers.patch_planning import GIB, PatchAdaptationError, adapt_patch_size, round_to_16
 
@@ -159,6 +160,26 @@ def test_tiny_and_sgd_variants(cls, nnunet_dirs):
     optimizer, scheduler = tiny.configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["eps"] == 1e-4
     assert type(scheduler).__name__ == "PolyLRScheduler"
+
+
+@pytest.mark.parametrize("plain, checkpointed", [
+    (nnUNetTrainerUC, nnUNetTrainerUC_checkpointed), (nnUNetTrainerUXNet, nnUNetTrainerUXNet_checkpointed),
+])
+def test_checkpointed_variant_needs_less_shrinking_and_persists_the_option(plain, checkpointed, nnunet_dirs):
+    plans = tiny_plans(patch=(96, 96, 96))
+    cfg = plans["configurations"]["3d_fullres"]
+    cfg["median_image_size_in_voxels"] = [96.0, 96.0, 96.0]
+    cfg["uc_gpu_memory_target_gb"] = 2
+    decisions = {cls: make_trainer(cls, plans) for cls in (plain, checkpointed)}
+    small, large = (decisions[cls].patch_decision for cls in (plain, checkpointed))
+    assert small.patch != (96, 96, 96)  # the plain network had to shrink the planned patch ...
+    assert np.prod(large.patch) > np.prod(small.patch)  # ... the checkpointed one keeps more of it
+    assert large.estimate_bytes <= large.budget_bytes
+    trainer = decisions[checkpointed]
+    saved = trainer.plans_manager.plans["configurations"]["3d_fullres"][checkpointed.spec.kwargs_key]
+    assert saved["activation_checkpointing"] is True
+    net = checkpointed.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 3, False)
+    assert net.activation_checkpointing is True  # nnUNetv2_predict builds it the same way (inactive in eval)
 
 
 def test_trainer_names_have_no_double_underscore():

@@ -27,6 +27,14 @@ def build_from_plans(spec: NetworkSpec, configuration_manager: ConfigurationMana
     return spec.network_class(num_input_channels, num_output_channels, deep_supervision=False, **kwargs)
 
 
+def merge_network_kwargs(plans: dict, configuration: str, spec: NetworkSpec, kwargs: dict) -> None:
+    """Overlay ``kwargs`` on the network kwargs stored in a plans configuration (no-op if it is missing: the
+    trainer then reports the missing configuration with the fix)."""
+    config = plans.get("configurations", {}).get(configuration)
+    if config is not None:
+        config[spec.kwargs_key] = {**config.get(spec.kwargs_key, {}), **kwargs}
+
+
 def _preprocessed_base(plans: dict) -> str | None:
     if not nnUNet_preprocessed:
         return None
@@ -101,6 +109,19 @@ class SGDRecipeMixin:
 
     def configure_optimizers(self):
         return nnUNetTrainer.configure_optimizers(self)
+
+
+class ActivationCheckpointingMixin:
+    """Activation checkpointing on: the network recomputes each stage's activations in the backward pass.
+
+    The memory estimate then counts the stored stage inputs plus one recomputed stage, so the planned patch
+    needs less (often no) shrinking; each step costs about one more forward pass (BENCHMARKS.md).
+    """
+
+    @classmethod
+    def adjust_plans(cls, plans: dict, configuration: str, device: torch.device) -> None:
+        super().adjust_plans(plans, configuration, device)
+        merge_network_kwargs(plans, configuration, cls.spec, {"activation_checkpointing": True})
 
 
 class TinyScheduleMixin:

@@ -26,6 +26,7 @@ from time import perf_counter
 
 import torch
 
+from nnunetv2_uc.trainers.base import merge_network_kwargs
 from nnunetv2_uc.trainers.plans_preparation import FIXED_PATCH_KEY
 from nnunetv2_uc.trainers.uc_trainers import nnUNetTrainerUC
 from nnunetv2_uc.trainers.uxnet_trainers import nnUNetTrainerUXNet
@@ -89,8 +90,7 @@ class DemoScheduleMixin:
         config["batch_size"] = cls.demo_batch_size
         config[FIXED_PATCH_KEY] = True
         if device.type == "cpu" and cls.demo_cpu_network_kwargs:
-            key = cls.spec.kwargs_key
-            config[key] = {**config.get(key, {}), **cls.demo_cpu_network_kwargs}
+            merge_network_kwargs(plans, configuration, cls.spec, cls.demo_cpu_network_kwargs)
 
     def configure_recipe(self) -> None:
         super().configure_recipe()

@@ -50,8 +50,17 @@ class PatchDecision:
 def saved_activation_bytes(network: nn.Module, input_shape: Sequence[int]) -> int:
     """Bytes autograd keeps for backward in one forward pass of a meta-device ``network``, plus the output.
 
-    Tensors saved twice (same object) are counted once.
+    Tensors saved twice (same object) are counted once. With activation checkpointing on, autograd keeps only
+    the segments' inputs, and the backward pass recomputes one segment at a time: the largest segment's own
+    activations are added.
     """
+    kept = _saved_bytes(network, input_shape)
+    if not getattr(network, "activation_checkpointing", False):
+        return kept
+    return kept + _largest_checkpoint_segment_bytes(network, input_shape)
+
+
+def _saved_bytes(network: nn.Module, input_shape: Sequence[int]) -> int:
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -63,6 +72,35 @@ def saved_activation_bytes(network: nn.Module, input_shape: Sequence[int]) -> in
         out = network(x)
     outputs = out if isinstance(out, (list, tuple)) else [out]
     return sum(saved.values()) + sum(o.numel() * o.element_size() for o in outputs)
+
+
+def _largest_checkpoint_segment_bytes(network: nn.Module, input_shape: Sequence[int]) -> int:
+    """Bytes one checkpointed segment saves when it runs normally (the peak its recomputation adds)."""
+    per_segment: list[dict[int, int]] = []
+    active: list[dict[int, int]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if active:
+            active[-1][id(t)] = t.numel() * t.element_size()
+        return t
+
+    def start(module, inputs):
+        active.append({})
+
+    def stop(module, inputs, output):
+        per_segment.append(active.pop())
+
+    hooks = [h for segment in network.checkpoint_segments()
+             for h in (segment.register_forward_pre_hook(start), segment.register_forward_hook(stop))]
+    network.activation_checkpointing = False
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            network(torch.zeros(tuple(input_shape), device="meta"))
+    finally:
+        network.activation_checkpointing = True
+        for hook in hooks:
+            hook.remove()
+    return max((sum(saved.values()) for saved in per_segment), default=0)
 
 
 def parameter_bytes(network: nn.Module, optimizer_slots: int) -> int:

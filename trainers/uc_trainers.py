@@ -6,7 +6,9 @@ from torch import nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_uc.architectures import UC3DUNet
-from nnunetv2_uc.trainers.base import PaperNetworkTrainer, SGDRecipeMixin, TinyScheduleMixin, build_from_plans
+from nnunetv2_uc.trainers.base import (
+    ActivationCheckpointingMixin, PaperNetworkTrainer, SGDRecipeMixin, TinyScheduleMixin, build_from_plans,
+)
 from nnunetv2_uc.trainers.plans_preparation import NetworkSpec
 
 #: slice_axis "first": the uC 2-D U-Nets run on planes of spatial axes (1, 2). nnU-Net transposes images so
@@ -38,3 +40,11 @@ class nnUNetTrainerUC_tiny(TinyScheduleMixin, nnUNetTrainerUC):
 
 class nnUNetTrainerUC_SGD_tiny(TinyScheduleMixin, nnUNetTrainerUC_SGD):
     """Smoke tests / CI only, SGD recipe; NOT for real training."""
+
+
+class nnUNetTrainerUC_checkpointed(ActivationCheckpointingMixin, nnUNetTrainerUC):
+    """Activation checkpointing for large patches: less training memory, about one more forward per step."""
+
+
+class nnUNetTrainerUC_checkpointed_tiny(TinyScheduleMixin, nnUNetTrainerUC_checkpointed):
+    """Smoke tests / CI only, activation checkpointing on; NOT for real training."""

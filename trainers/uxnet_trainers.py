@@ -6,7 +6,9 @@ from torch import nn
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_uc.architectures import UXNet
-from nnunetv2_uc.trainers.base import PaperNetworkTrainer, SGDRecipeMixin, TinyScheduleMixin, build_from_plans
+from nnunetv2_uc.trainers.base import (
+    ActivationCheckpointingMixin, PaperNetworkTrainer, SGDRecipeMixin, TinyScheduleMixin, build_from_plans,
+)
 from nnunetv2_uc.trainers.plans_preparation import NetworkSpec
 
 UXNET_SPEC = NetworkSpec(UXNet, "uxnet_kwargs",
@@ -37,3 +39,11 @@ class nnUNetTrainerUXNet_tiny(TinyScheduleMixin, nnUNetTrainerUXNet):
 
 class nnUNetTrainerUXNet_SGD_tiny(TinyScheduleMixin, nnUNetTrainerUXNet_SGD):
     """Smoke tests / CI only, SGD recipe; NOT for real training."""
+
+
+class nnUNetTrainerUXNet_checkpointed(ActivationCheckpointingMixin, nnUNetTrainerUXNet):
+    """Activation checkpointing for large patches: less training memory, about one more forward per step."""
+
+
+class nnUNetTrainerUXNet_checkpointed_tiny(TinyScheduleMixin, nnUNetTrainerUXNet_checkpointed):
+    """Smoke tests / CI only, activation checkpointing on; NOT for real training."""
