@@ -3,7 +3,8 @@
 Training step: forward, cross-entropy, backward, SGD step on a random batch (median of --repeats after --warmup).
 Inference: nnU-Net's own nnUNetPredictor.predict_sliding_window_return_logits over a fixed synthetic volume
 (tile step 0.5, Gaussian weighting, mirroring on unless --no-mirroring), i.e. exactly what nnUNetv2_predict runs.
-Each network and mode runs in a fresh process, so peak memory is its own. Ratios are to PlainConvUNet and ResEnc M
+With --patches-per-batch N > 1 the predictor is nnunetv2_uc's batched one (N tiles per network call, otherwise
+nnU-Net's computation). Each network and mode runs in a fresh process, so peak memory is its own. Ratios are to PlainConvUNet and ResEnc M
 (nnU-Net's default and its recommended residual preset) at the same patch, from the same run.
 """
 from __future__ import annotations
@@ -16,37 +17,57 @@ import sys
 from dataclasses import asdict
 from typing import Sequence
 
-from nnunetv2_uc.timing import NETWORKS, StepSetup, measure_step, request_problem, run_in_fresh_process
+from nnunetv2_uc.timing import (
+    NETWORKS, StepSetup, depthwise_share, measure_step, request_problem, run_in_fresh_process,
+)
+
+CHECKPOINTABLE = ("uxnet", "uc3dunet")  # nnU-Net's own networks have no checkpointing option
 
 
-def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, repeats: int) -> dict:
-    """Median seconds of nnU-Net's sliding-window prediction of one (C, *volume) case, and peak memory."""
+def synthetic_predictor(model, patch: Sequence[int], volume: Sequence[int], num_classes: int, device: str,
+                        mirroring: bool, patches_per_batch: int = 1):
+    """nnU-Net's predictor (or, with ``patches_per_batch`` > 1, the batched one) set up for ``model`` on a
+    one-channel CT-like dataset with a ``volume``-sized median image; step 0.5, Gaussian weighting."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunetv2_uc.timing import median_seconds, peak_memory_bytes, peak_memory_start, prepare
-
-    model, _, _, autocast, _ = prepare(setup)
-    model.eval()
     plans = PlansManager({
         "dataset_name": "Dataset999_Bench", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1, 1, 1],
         "original_median_shape_after_transp": list(volume), "image_reader_writer": "SimpleITKIO",
         "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "bench",
         "label_manager": "LabelManager", "foreground_intensity_properties_per_channel": {},
         "configurations": {"3d_fullres": {"data_identifier": "bench", "preprocessor_name": "DefaultPreprocessor",
-                                          "batch_size": setup.batch, "patch_size": list(setup.patch),
+                                          "batch_size": 2, "patch_size": list(patch),
                                           "spacing": [1, 1, 1], "normalization_schemes": ["ZScoreNormalization"],
                                           "use_mask_for_norm": [False], "architecture": {}}},
     })
-    dataset_json = {"labels": {"background": 0, **{f"class{i}": i for i in range(1, setup.num_classes)}},
+    dataset_json = {"labels": {"background": 0, **{f"class{i}": i for i in range(1, num_classes)}},
                     "channel_names": {"0": "CT"}, "numTraining": 0, "file_ending": ".nii.gz"}
-    device = torch.device(setup.device)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                allow_tqdm=False)
+    options = dict(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+                   perform_everything_on_device=device == "cuda", device=torch.device(device), verbose=False,
+                   allow_tqdm=False)
+    if patches_per_batch > 1:
+        from nnunetv2_uc.predict import batched_predictor_class
+        predictor = batched_predictor_class()(patches_per_batch=patches_per_batch, **options)
+    else:
+        predictor = nnUNetPredictor(**options)
     predictor.manual_initialization(model, plans, plans.get_configuration("3d_fullres"), None, dataset_json,
                                     "bench", (0, 1, 2) if mirroring else None)
+    return predictor
+
+
+def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, repeats: int,
+                      patches_per_batch: int = 1) -> dict:
+    """Median seconds of a sliding-window prediction of one (C, *volume) case, and peak memory."""
+    import torch
+
+    from nnunetv2_uc.timing import median_seconds, peak_memory_bytes, peak_memory_start, prepare
+
+    model, _, _, autocast, _ = prepare(setup)
+    model.eval()
+    predictor = synthetic_predictor(model, setup.patch, volume, setup.num_classes, setup.device, mirroring,
+                                    patches_per_batch)
     torch.manual_seed(0)
     data = torch.randn(setup.input_channels, *volume)
 
@@ -62,20 +83,28 @@ def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, 
 
 def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str, amp: str, compile_: bool,
           channels_last: bool, volume: Sequence[int] | None, mirroring: bool, repeats: int, classes: int,
-          progress=print) -> list[dict]:
+          progress=print, patches_per_batch: int = 1, checkpointing: bool = False,
+          profile_depthwise: bool = False) -> list[dict]:
     rows = []
     voxels_per_step = batch * int(math.prod(patch))
     for name in networks:
-        setup = StepSetup(name, tuple(patch), 1, classes, batch, device, amp, compile_, channels_last)
+        setup = StepSetup(name, tuple(patch), 1, classes, batch, device, amp, compile_, channels_last,
+                          checkpointing and name in CHECKPOINTABLE)
         progress(f"[bench] {name}: training step at {list(patch)} x batch {batch} on {device} (amp {amp}, "
-                 f"compile {compile_}, channels_last {channels_last})")
+                 f"compile {compile_}, channels_last {channels_last}, checkpointing {setup.checkpointing})")
         row = {**asdict(setup), **run_in_fresh_process(measure_step, setup, repeats)}
         row["steps_per_s"] = 1 / row["train_step_s"]
         row["train_voxels_per_s"] = voxels_per_step / row["train_step_s"]
+        if profile_depthwise:
+            progress(f"[bench] {name}: torch profiler on one training step (depthwise-conv share)")
+            row.update(run_in_fresh_process(depthwise_share, setup))
         if volume:
-            progress(f"[bench] {name}: sliding-window inference of a {list(volume)} volume (mirroring {mirroring})")
-            inference = run_in_fresh_process(measure_inference, setup, tuple(volume), mirroring, repeats)
+            progress(f"[bench] {name}: sliding-window inference of a {list(volume)} volume (mirroring {mirroring}, "
+                     f"{patches_per_batch} tile(s) per call)")
+            inference = run_in_fresh_process(measure_inference, setup, tuple(volume), mirroring, repeats,
+                                             patches_per_batch)
             row.update(inference_s=inference["inference_s"], volume=list(volume), mirroring=mirroring,
+                       patches_per_batch=patches_per_batch,
                        inference_peak_memory_bytes=inference["inference_peak_memory_bytes"],
                        inference_voxels_per_s=int(math.prod(volume)) / inference["inference_s"])
         rows.append(row)
@@ -100,13 +129,18 @@ def environment(device: str) -> dict:
 
 def format_rows(rows: list[dict]) -> str:
     has_inference = "inference_s" in rows[0]
+    has_profile = "depthwise_share" in rows[0]
     header = ["network", "step s", "steps/s", "Mvox/s", "peak MiB", "x plain", "x ResEnc M"]
+    if has_profile:
+        header += ["depthwise share"]
     if has_inference:
         header += ["infer s", "infer x plain"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["name"], f"{r['train_step_s']:.3f}", f"{r['steps_per_s']:.2f}", f"{r['train_voxels_per_s'] / 1e6:.3f}",
                  f"{r['peak_memory_bytes'] / 2**20:.0f}", _ratio(r, "step_x_plainunet"), _ratio(r, "step_x_resenc_m")]
+        if has_profile:
+            cells += [f"{100 * r['depthwise_share']:.1f}%"]
         if has_inference:
             cells += [f"{r['inference_s']:.2f}", _ratio(r, "inference_x_plainunet")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -131,6 +165,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volume", nargs=3, type=int, metavar=("D0", "D1", "D2"),
                         help="also time sliding-window inference over a volume of this size, e.g. 100 512 512")
     parser.add_argument("--no-mirroring", action="store_true", help="inference without nnU-Net's mirroring TTA")
+    parser.add_argument("--patches-per-batch", type=int, default=1, metavar="N",
+                        help="sliding-window tiles per network call (default 1 = nnU-Net's predictor)")
+    parser.add_argument("--profile-depthwise", action="store_true",
+                        help="also profile one training step: share of its time in depthwise convs (fwd + bwd)")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="activation checkpointing in uxnet/uc3dunet (nnU-Net's networks run without)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up (median)")
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="write rows and environment as JSON")
 
@@ -139,12 +179,15 @@ def run(args: argparse.Namespace) -> int:
     problem = request_problem(args.arch, args.patch, args.device)
     if not problem and args.volume and any(v < p for v, p in zip(args.volume, args.patch)):
         problem = f"--volume {args.volume} is smaller than the patch {args.patch} on some axis"
+    if not problem and args.patches_per_batch < 1:
+        problem = f"--patches-per-batch must be >= 1, got {args.patches_per_batch}"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     progress = lambda message: print(message, file=sys.stderr, flush=True)
     rows = bench(args.arch, args.patch, args.batch, args.device, args.amp, args.compile, args.channels_last,
-                 args.volume, not args.no_mirroring, args.repeats, args.classes, progress)
+                 args.volume, not args.no_mirroring, args.repeats, args.classes, progress, args.patches_per_batch,
+                 args.checkpointing, args.profile_depthwise)
     print(format_rows(rows))
     if args.json_out:
         with open(args.json_out, "w") as f:

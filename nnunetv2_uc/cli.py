@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "synth": "nnunetv2_uc.synth",
     "demo": "nnunetv2_uc.demo",
     "bench": "nnunetv2_uc.bench",
+    "predict": "nnunetv2_uc.predict",
 }
 
 

@@ -26,16 +26,22 @@ def nnunet_topology(patch: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 
     }
 
 
-def build_network(name: str, input_channels: int, num_classes: int, patch: Sequence[int]):
-    """One of NETWORKS in its default configuration (paper, or nnU-Net's planner for this patch); no DS heads."""
+def build_network(name: str, input_channels: int, num_classes: int, patch: Sequence[int],
+                  checkpointing: bool = False):
+    """One of NETWORKS in its default configuration (paper, or nnU-Net's planner for this patch); no DS heads.
+
+    ``checkpointing`` turns on activation checkpointing (uxnet and uc3dunet only).
+    """
     from torch import nn
 
     if name == "uxnet":
         from nnunetv2_uc.architectures import UXNet
-        return UXNet(input_channels, num_classes)
+        return UXNet(input_channels, num_classes, activation_checkpointing=checkpointing)
     if name == "uc3dunet":
         from nnunetv2_uc.architectures import UC3DUNet
-        return UC3DUNet(input_channels, num_classes)
+        return UC3DUNet(input_channels, num_classes, activation_checkpointing=checkpointing)
+    if checkpointing:
+        raise ValueError(f"{name} has no activation checkpointing option")
     if name not in ("plainunet", "resenc_m"):
         raise ValueError(f"unknown network {name!r}; choose from {NETWORKS}")
     topo = nnunet_topology(patch)
@@ -78,6 +84,7 @@ class StepSetup:
     amp: str = "off"
     compile: bool = False
     channels_last: bool = False
+    checkpointing: bool = False
 
 
 def prepare(setup: StepSetup):
@@ -88,7 +95,8 @@ def prepare(setup: StepSetup):
 
     torch.manual_seed(0)
     device = torch.device(setup.device)
-    model = build_network(setup.name, setup.input_channels, setup.num_classes, setup.patch).to(device)
+    model = build_network(setup.name, setup.input_channels, setup.num_classes, setup.patch,
+                          setup.checkpointing).to(device)
     if setup.channels_last:
         from nnunetv2_uc.architectures.blocks import to_channels_last
         to_channels_last(model)
@@ -142,18 +150,14 @@ def peak_memory_bytes(device: str, start: int) -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start, "peak RSS growth"
 
 
-def measure_step(setup: StepSetup, repeats: int = 3, warmup: int = 1) -> dict:
-    """Median seconds of a forward pass (no grad) and of a training step (fwd, CE loss, bwd, SGD), peak memory."""
+def training_step_runner(setup: StepSetup):
+    """(model, one training step as a function) for ``setup``: forward, CE loss, backward, SGD step."""
     import torch
 
     model, optimizer, loss_fn, autocast, scaler = prepare(setup)
     fmt = torch.channels_last_3d if setup.channels_last else torch.contiguous_format
     x = torch.randn(setup.batch, setup.input_channels, *setup.patch, device=setup.device).contiguous(memory_format=fmt)
     target = torch.randint(0, setup.num_classes, (setup.batch, *setup.patch), device=setup.device)
-
-    def forward():
-        with torch.no_grad(), autocast():
-            model(x)
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
@@ -167,6 +171,16 @@ def measure_step(setup: StepSetup, repeats: int = 3, warmup: int = 1) -> dict:
             scaler.step(optimizer)
             scaler.update()
 
+    def forward():
+        with torch.no_grad(), autocast():
+            model(x)
+
+    return model, train_step, forward
+
+
+def measure_step(setup: StepSetup, repeats: int = 3, warmup: int = 1) -> dict:
+    """Median seconds of a forward pass (no grad) and of a training step (fwd, CE loss, bwd, SGD), peak memory."""
+    model, train_step, forward = training_step_runner(setup)
     start = peak_memory_start(setup.device)
     model.eval()
     forward_s = median_seconds(forward, setup.device, repeats, warmup)
@@ -174,6 +188,45 @@ def measure_step(setup: StepSetup, repeats: int = 3, warmup: int = 1) -> dict:
     step_s = median_seconds(train_step, setup.device, repeats, warmup)
     peak, kind = peak_memory_bytes(setup.device, start)
     return {"forward_s": forward_s, "train_step_s": step_s, "peak_memory_bytes": peak, "memory_kind": kind}
+
+
+def _is_depthwise(input_shape: Sequence[int], weight_shape: Sequence[int]) -> bool:
+    """A conv whose groups equal its (more than one) input channels: weight (C, 1, *k) on a C-channel input."""
+    return (len(weight_shape) >= 3 and weight_shape[1] == 1 and len(input_shape) == len(weight_shape)
+            and input_shape[1] == weight_shape[0] > 1)
+
+
+def depthwise_share(setup: StepSetup, warmup: int = 2) -> dict:
+    """Share of one training step's time spent in depthwise convolutions (forward and backward), from the
+    torch profiler: CUDA kernel time on a GPU, operator time on CPU."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    model, train_step, _ = training_step_runner(setup)
+    model.train()
+    for _ in range(warmup):
+        train_step()
+    cuda = setup.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        train_step()
+        synchronize(setup.device)
+    events = prof.events()
+    if cuda:
+        total = sum(e.self_device_time_total for e in events)
+        timed = lambda e: e.device_time_total
+    else:
+        total = sum(e.self_cpu_time_total for e in events)
+        timed = lambda e: e.cpu_time_total
+    depthwise = 0.0
+    for e in events:
+        shapes = e.input_shapes or []
+        if e.name == "aten::convolution" and len(shapes) > 1 and _is_depthwise(shapes[0], shapes[1]):
+            depthwise += timed(e)
+        elif e.name == "aten::convolution_backward" and len(shapes) > 2 and _is_depthwise(shapes[1], shapes[2]):
+            depthwise += timed(e)
+    return {"depthwise_share": depthwise / total if total else 0.0, "profiled_step_s": total / 1e6,
+            "profiled_time_kind": "CUDA kernel time" if cuda else "CPU operator time"}
 
 
 def run_in_fresh_process(fn: Callable, *args, **kwargs):

@@ -50,3 +50,77 @@ def test_channels_last_and_bf16_autocast_steps_run_and_keep_outputs():
             p.data = p.data.contiguous()
         torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(to_channels_last(net)(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_predictor_equals_nnunet_predictor_over_many_tiles():
+    """16 tiles with mirroring: 3 per network call vs nnU-Net's one at a time give the same logits."""
+    from nnunetv2_uc.bench import synthetic_predictor
+
+    torch.manual_seed(0)
+    patch, volume = (16, 16, 32), (24, 40, 48)  # 2 x 4 x 2 tiles at step 0.5
+    net = build_network("uc3dunet", 1, 3, patch).eval()
+    data = torch.randn(1, *volume)
+    stock = synthetic_predictor(net, patch, volume, 3, "cpu", mirroring=True)
+    batched = synthetic_predictor(net, patch, volume, 3, "cpu", mirroring=True, patches_per_batch=3)
+    assert type(batched).__name__ == "BatchedSlidingWindowPredictor"
+    tiles = len(stock._internal_get_sliding_window_slicers(volume))
+    assert tiles == 16
+    calls = []
+    net.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    expected = stock.predict_sliding_window_return_logits(data)
+    stock_calls, calls[:] = list(calls), []
+    got = batched.predict_sliding_window_return_logits(data)
+    assert stock_calls == [1] * (8 * tiles)  # nnU-Net: one tile per call, 8 mirror variants
+    assert max(calls) == 3 and sum(calls) == 8 * tiles
+    # nnU-Net accumulates in fp16: batched vs single-sample conv rounding may move a value by a few fp16 ulps
+    torch.testing.assert_close(got, expected, rtol=5e-3, atol=5e-3)
+    assert (got - expected).abs().mean() < 1e-4
+
+
+def test_bench_records_batched_inference_and_checkpointing(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "nnunetv2_uc", "bench", "--arch", "uc3dunet", "plainunet", "--patch", "16", "16", "32",
+         "--volume", "24", "24", "48", "--no-mirroring", "--repeats", "1", "--classes", "2", "--patches-per-batch", "4",
+         "--checkpointing", "--json", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["uc3dunet"]["checkpointing"] is True and rows["plainunet"]["checkpointing"] is False
+    assert all(r["patches_per_batch"] == 4 and r["inference_s"] > 0 for r in rows.values())
+
+
+def test_batched_predictor_halves_the_batch_when_out_of_memory(capsys):
+    from nnunetv2_uc.bench import synthetic_predictor
+
+    class SmallGPU(torch.nn.Module):  # raises like CUDA does when a batch is too large
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.net(x)
+
+    torch.manual_seed(0)
+    patch, volume = (16, 16, 32), (16, 40, 32)
+    net = build_network("uc3dunet", 1, 2, patch).eval()
+    data = torch.randn(1, *volume)
+    expected = synthetic_predictor(net, patch, volume, 2, "cpu", mirroring=False).predict_sliding_window_return_logits(data)
+    batched = synthetic_predictor(SmallGPU(net), patch, volume, 2, "cpu", mirroring=False, patches_per_batch=4)
+    got = batched.predict_sliding_window_return_logits(data)
+    assert batched.patches_per_batch == 2
+    assert "out of GPU memory; continuing with 2 tile(s)" in capsys.readouterr().err
+    torch.testing.assert_close(got, expected, rtol=5e-3, atol=5e-3)
+
+
+def test_depthwise_share_comes_from_the_profiler():
+    from nnunetv2_uc.timing import _is_depthwise, depthwise_share
+
+    assert _is_depthwise([1, 48, 8, 8, 8], [48, 1, 7, 7, 7])
+    assert not _is_depthwise([1, 1, 8, 8, 8], [48, 1, 7, 7, 7])  # one input channel: a dense conv
+    assert not _is_depthwise([1, 48, 8, 8, 8], [96, 48, 3, 3, 3])
+    ux = depthwise_share(StepSetup("uxnet", (32, 32, 32), num_classes=2), warmup=1)
+    uc = depthwise_share(StepSetup("uc3dunet", (16, 16, 32), num_classes=2), warmup=1)
+    assert 0.02 < ux["depthwise_share"] < 0.9 and ux["profiled_time_kind"] == "CPU operator time"
+    assert uc["depthwise_share"] == 0.0 and uc["profiled_step_s"] > 0

@@ -138,6 +138,11 @@ def pipeline(tmp_path_factory):
     for name, trainer in (("uc", UC), ("ux", UX)):
         timed(f"predict_{name}", run_cli, [*predict, "-tr", trainer, "-o", str(root / f"pred_{name}")], env,
               root / f"predict_{name}.log")
+    # the batched predictor, started without nnUNet_extTrainer (it registers the plugin's trainers itself)
+    no_registration = {k: v for k, v in env.items() if k != "nnUNet_extTrainer"}
+    timed("predict_uc_batched", run_cli,
+          ["nnunetv2_uc", "predict", *predict[1:], "-tr", UC, "-o", str(root / "pred_uc_batched"), "-patches_per_batch", "3",
+           "--disable_progress_bar"], no_registration, root / "predict_uc_batched.log")
     timed("find_best", run_cli, ["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", "3d_fullres",
                                  "-tr", UC, UX, "-f", "0", "1", "-np", "1"], env, root / "find_best.log")
     timed("ensemble", run_cli, ["nnUNetv2_ensemble", "-i", str(root / "pred_uc"), str(root / "pred_ux"),
@@ -239,6 +244,19 @@ def test_predictions_of_held_out_cases(pipeline, name):
         if name != "ens":
             probs = np.load(out / f"{case}.npz")["probabilities"]
             assert probs.shape == (3, *SHAPE_ZYX)
+
+
+def test_batched_predictor_gives_nnunet_predictions(pipeline):
+    """`nnunetv2_uc predict -patches_per_batch 3` = nnUNetv2_predict: same segmentations, same probabilities."""
+    root, _, raw, _ = pipeline
+    assert "3 tile(s) per network call" in (root / "predict_uc_batched.log").read_text()
+    cases = sorted(p.name.replace("_0000.nii.gz", "") for p in (raw / "imagesTs").glob("*.nii.gz"))
+    for case in cases:
+        batched, _ = read_nifti(root / "pred_uc_batched" / f"{case}.nii.gz")
+        stock, _ = read_nifti(root / "pred_uc" / f"{case}.nii.gz")
+        assert (batched != stock).mean() < 1e-3, case  # fp16 accumulation may flip a rare tie
+        np.testing.assert_allclose(np.load(root / "pred_uc_batched" / f"{case}.npz")["probabilities"],
+                                   np.load(root / "pred_uc" / f"{case}.npz")["probabilities"], atol=2e-3)
 
 
 def test_find_best_configuration_across_both_trainers(pipeline):
