@@ -127,6 +127,9 @@ class PatchConvTranspose2d(_PatchTransposedConvMixin, nn.ConvTranspose2d):
         self._check_patch_geometry()
 
 
+# ----------------------------------------------------------------------------------------------------------
+# activation checkpointing
+# ----------------------------------------------------------------------------------------------------------
 def maybe_checkpoint(module: nn.Module, *inputs: torch.Tensor, enabled: bool) -> torch.Tensor:
     """``module(*inputs)``; with ``enabled`` while autograd records, the module's activations are recomputed in
     the backward pass instead of kept (activation checkpointing: less memory for about one more forward)."""
