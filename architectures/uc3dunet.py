@@ -95,7 +95,7 @@ class UC3DUNet(nn.Module):
         self.gated_up = nn.ModuleList(GatedUpBlock(f[level + 1], f[level]) for level in (3, 2, 1))
         self.concat_up = ConcatUpBlock(f[1], f[0], f[5])
         self.head = SegmentationHead(f[5], num_classes)
-        to_channels_last(self)  # the layout cuDNN prefers; neutral on CPU (BENCHMARKS.md)
+        to_channels_last(self)  # channels-last throughout: cuDNN's layout, and the CPU fast paths keep it
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input_tensor(x, self.input_channels, "UC3DUNet")

@@ -4,8 +4,9 @@ Training step: forward, cross-entropy, backward, SGD step on a random batch (med
 Inference: nnU-Net's own nnUNetPredictor.predict_sliding_window_return_logits over a fixed synthetic volume
 (tile step 0.5, Gaussian weighting, mirroring on unless --no-mirroring), i.e. exactly what nnUNetv2_predict runs.
 With --patches-per-batch N > 1 the predictor is nnunetv2_uc's batched one (N tiles per network call, otherwise
-nnU-Net's computation). Each network and mode runs in a fresh process, so peak memory is its own. Ratios are to PlainConvUNet and ResEnc M
-(nnU-Net's default and its recommended residual preset) at the same patch, from the same run.
+nnU-Net's computation). Each network and mode runs in a fresh process, so peak memory is its own. Ratios are to
+PlainConvUNet and ResEnc M (nnU-Net's default and its recommended residual preset) at the same patch, from the
+same run.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from dataclasses import asdict
 from typing import Sequence
 
 from nnunetv2_uc.timing import (
-    NETWORKS, StepSetup, depthwise_share, measure_step, request_problem, run_in_fresh_process,
+    NETWORKS, StepSetup, depthwise_share, measure_step, median_seconds, peak_memory_bytes, peak_memory_start, prepare,
+    request_problem, run_in_fresh_process,
 )
 
 CHECKPOINTABLE = ("uxnet", "uc3dunet")  # nnU-Net's own networks have no checkpointing option
@@ -61,8 +63,6 @@ def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, 
                       patches_per_batch: int = 1) -> dict:
     """Median seconds of a sliding-window prediction of one (C, *volume) case, and peak memory."""
     import torch
-
-    from nnunetv2_uc.timing import median_seconds, peak_memory_bytes, peak_memory_start, prepare
 
     model, _, _, autocast, _ = prepare(setup)
     model.eval()

@@ -60,18 +60,25 @@ def saved_activation_bytes(network: nn.Module, input_shape: Sequence[int]) -> in
     return kept + _largest_checkpoint_segment_bytes(network, input_shape)
 
 
-def _saved_bytes(network: nn.Module, input_shape: Sequence[int]) -> int:
-    saved: dict[int, int] = {}
-
+def _forward_on_meta(network: nn.Module, input_shape: Sequence[int], on_saved) -> torch.Tensor:
+    """One forward pass on the meta device, calling ``on_saved(tensor)`` for every tensor autograd saves."""
     def pack(t: torch.Tensor) -> torch.Tensor:
-        saved[id(t)] = t.numel() * t.element_size()
+        on_saved(t)
         return t
 
-    x = torch.zeros(tuple(input_shape), device="meta")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = network(x)
+        return network(torch.zeros(tuple(input_shape), device="meta"))
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _saved_bytes(network: nn.Module, input_shape: Sequence[int]) -> int:
+    saved: dict[int, int] = {}
+    out = _forward_on_meta(network, input_shape, lambda t: saved.__setitem__(id(t), _nbytes(t)))
     outputs = out if isinstance(out, (list, tuple)) else [out]
-    return sum(saved.values()) + sum(o.numel() * o.element_size() for o in outputs)
+    return sum(saved.values()) + sum(_nbytes(o) for o in outputs)
 
 
 def _largest_checkpoint_segment_bytes(network: nn.Module, input_shape: Sequence[int]) -> int:
@@ -79,23 +86,16 @@ def _largest_checkpoint_segment_bytes(network: nn.Module, input_shape: Sequence[
     per_segment: list[dict[int, int]] = []
     active: list[dict[int, int]] = []
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def record(t: torch.Tensor) -> None:
         if active:
-            active[-1][id(t)] = t.numel() * t.element_size()
-        return t
-
-    def start(module, inputs):
-        active.append({})
-
-    def stop(module, inputs, output):
-        per_segment.append(active.pop())
+            active[-1][id(t)] = _nbytes(t)
 
     hooks = [h for segment in network.checkpoint_segments()
-             for h in (segment.register_forward_pre_hook(start), segment.register_forward_hook(stop))]
+             for h in (segment.register_forward_pre_hook(lambda module, inputs: active.append({})),
+                       segment.register_forward_hook(lambda module, inputs, output: per_segment.append(active.pop())))]
     network.activation_checkpointing = False
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            network(torch.zeros(tuple(input_shape), device="meta"))
+        _forward_on_meta(network, input_shape, record)
     finally:
         network.activation_checkpointing = True
         for hook in hooks:
