@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from nnunetv2_uc import __version__
+from nnunetv2_uc.errors import UserError
 
 # subcommand name -> module implementing it
 SUBCOMMANDS: dict[str, str] = {
@@ -24,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "nnunetv2_uc.demo",
     "bench": "nnunetv2_uc.bench",
     "predict": "nnunetv2_uc.predict",
+    "doctor": "nnunetv2_uc.cli.doctor",
 }
 
 
@@ -55,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(only=command if command in SUBCOMMANDS else None).parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as error:
+        print(f"nnunetv2_uc {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":
