@@ -59,7 +59,7 @@ def batched_predictor_class():
                     try:
                         tiles = torch.stack([data[sl] for sl in group]).to(self.device)
                         predictions = self._internal_maybe_mirror_and_predict(tiles).to(results_device)
-                    except torch.OutOfMemoryError:
+                    except torch.cuda.OutOfMemoryError:  # torch >= 1.13; torch.OutOfMemoryError is 2.5+
                         if self.patches_per_batch == 1:
                             raise
                         tiles = None  # drop the failed batch before freeing the cache

@@ -95,6 +95,8 @@ def prepare(setup: StepSetup):
 
     torch.manual_seed(0)
     device = torch.device(setup.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as nnUNetv2_train sets it: cuDNN picks the fastest kernels per shape
     model = build_network(setup.name, setup.input_channels, setup.num_classes, setup.patch,
                           setup.checkpointing).to(device)
     if setup.channels_last:

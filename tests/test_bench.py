@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from nnunetv2_uc.architectures.blocks import to_channels_last
@@ -89,7 +90,19 @@ def test_bench_records_batched_inference_and_checkpointing(tmp_path):
     assert all(r["patches_per_batch"] == 4 and r["inference_s"] > 0 for r in rows.values())
 
 
-def test_batched_predictor_halves_the_batch_when_out_of_memory(capsys):
+def _out_of_memory_errors() -> list:
+    """The out-of-memory error under each name this torch has: torch.cuda.OutOfMemoryError (torch >= 1.13, what
+    the predictor catches, since pyproject allows torch >= 2.1.2) and torch.OutOfMemoryError (torch >= 2.5,
+    where both names are one class)."""
+    errors = [torch.cuda.OutOfMemoryError]
+    if hasattr(torch, "OutOfMemoryError"):
+        assert torch.OutOfMemoryError is torch.cuda.OutOfMemoryError
+        errors.append(torch.OutOfMemoryError)
+    return errors
+
+
+@pytest.mark.parametrize("out_of_memory", _out_of_memory_errors(), ids=lambda e: f"{e.__module__}.{e.__name__}")
+def test_batched_predictor_halves_the_batch_when_out_of_memory(capsys, out_of_memory):
     from nnunetv2_uc.bench import synthetic_predictor
 
     class SmallGPU(torch.nn.Module):  # raises like CUDA does when a batch is too large
@@ -99,7 +112,7 @@ def test_batched_predictor_halves_the_batch_when_out_of_memory(capsys):
 
         def forward(self, x):
             if x.shape[0] > 2:
-                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+                raise out_of_memory("CUDA out of memory (simulated)")
             return self.net(x)
 
     torch.manual_seed(0)
@@ -114,6 +127,23 @@ def test_batched_predictor_halves_the_batch_when_out_of_memory(capsys):
     torch.testing.assert_close(got, expected, rtol=5e-3, atol=5e-3)
 
 
+def test_no_module_uses_the_torch_2_5_only_out_of_memory_name():
+    """pyproject allows torch >= 2.1.2; torch.OutOfMemoryError appeared in 2.5 (torch.cuda.OutOfMemoryError works)."""
+    import ast
+    from pathlib import Path
+
+    import nnunetv2_uc
+
+    package = Path(nnunetv2_uc.__file__).parent
+    offenders = []
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr == "OutOfMemoryError"
+                    and isinstance(node.value, ast.Name) and node.value.id == "torch"):
+                offenders.append(f"{source.relative_to(package)}:{node.lineno}")
+    assert not offenders
+
+
 def test_depthwise_share_comes_from_the_profiler():
     from nnunetv2_uc.timing import _is_depthwise, depthwise_share
 
@@ -124,3 +154,18 @@ def test_depthwise_share_comes_from_the_profiler():
     uc = depthwise_share(StepSetup("uc3dunet", (16, 16, 32), num_classes=2), warmup=1)
     assert 0.02 < ux["depthwise_share"] < 0.9 and ux["profiled_time_kind"] == "CPU operator time"
     assert uc["depthwise_share"] == 0.0 and uc["profiled_step_s"] > 0
+
+
+@pytest.mark.parametrize("device, benchmark", [("cuda", True), ("cpu", False)])
+def test_prepare_sets_cudnn_benchmark_on_cuda_as_nnunet_train_does(monkeypatch, device, benchmark):
+    from nnunetv2_uc import timing
+
+    class StaysOnCPU(torch.nn.Linear):  # lets a "cuda" setup run on this CPU machine
+        def to(self, *args, **kwargs):
+            return self
+
+    monkeypatch.setattr(timing, "build_network", lambda *args: StaysOnCPU(2, 2))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    model, *_ = timing.prepare(StepSetup("plainunet", (16, 16, 16), device=device))
+    assert isinstance(model, StaysOnCPU)
+    assert torch.backends.cudnn.benchmark is benchmark
