@@ -2,8 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 DEMO_DIR ?= ./demo
+# Where the torch/torchvision pair of requirements-pins.txt comes from. Empty: PyPI (torch 2.14.1's default Linux
+# wheel is built for CUDA 13.0 and needs an NVIDIA driver >= 580). For an older cluster driver pick the build of
+# the same pair for its CUDA, e.g. make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
+TORCH_PAIR := -c requirements-pins.txt -r requirements-pins.txt $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 
 .PHONY: venv install install-test demo test clean
 
@@ -15,12 +20,12 @@ venv: $(BIN)/python
 
 # Non-editable install: tests and the demo run against what `pip install .` ships.
 install: venv
-	$(PIP) install -c requirements-pins.txt -r requirements-pins.txt
+	$(PIP) install $(TORCH_PAIR)
 	$(PIP) install -c requirements-pins.txt --force-reinstall --no-deps .
 	$(PIP) install -c requirements-pins.txt .
 
 install-test: venv
-	$(PIP) install -c requirements-pins.txt -r requirements-pins.txt
+	$(PIP) install $(TORCH_PAIR)
 	$(PIP) install -c requirements-pins.txt --force-reinstall --no-deps .
 	$(PIP) install -c requirements-pins.txt ".[test]"
 

@@ -22,6 +22,8 @@ set -euo pipefail
 
 # source /path/to/venv/bin/activate   # the environment with nnunetv2-uc installed
 eval "$(nnunetv2_uc env)"              # nnUNet_extTrainer, also needed by nnUNetv2_predict later
+# data-augmentation workers: each array task is one fold with its own --cpus-per-task CPUs (tasks that land on the
+# same node do not share them), so the fold gets all of them; an nnUNet_n_proc_DA passed via --export is kept
 export nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-${SLURM_CPUS_PER_TASK:-12}}"
 
 fold="${SLURM_ARRAY_TASK_ID:?run as an array job (--array=0-4)}"

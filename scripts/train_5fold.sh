@@ -6,12 +6,15 @@
 #   DATASET  dataset id or name;  TRAINER  e.g. nnUNetTrainerUC;  CONFIG  default 3d_fullres
 #   --dry-run  print the commands (one per line) instead of running them
 #   --gpus     GPU ids to use (default: CUDA_VISIBLE_DEVICES, else all of nvidia-smi -L, else CPU)
-# Each fold runs as `CUDA_VISIBLE_DEVICES=<gpu> nnUNetv2_train D CONFIG FOLD -tr TRAINER --npz` and logs to
-# $nnUNet_results/train_5fold_logs/. For one big fold on several GPUs use nnU-Net's DDP instead:
+# Each fold runs as `CUDA_VISIBLE_DEVICES=<gpu> nnUNet_n_proc_DA=<n> nnUNetv2_train D CONFIG FOLD -tr TRAINER --npz`
+# and logs to $nnUNet_results/train_5fold_logs/. The folds running side by side share the machine's CPUs, so each
+# gets n = (CPUs the job may use: $SLURM_CPUS_PER_TASK, else nproc) / (folds side by side) data-augmentation
+# workers, at least 1 and at most 12 (nnU-Net's default per GPU); an nnUNet_n_proc_DA you export is kept.
+# For one big fold on several GPUs use nnU-Net's DDP instead:
 #   nnUNetv2_train D CONFIG 0 -tr TRAINER -num_gpus N   (batch size must be >= N)
 set -euo pipefail
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 dry_run=0
 gpus="${CUDA_VISIBLE_DEVICES:-}"
@@ -46,16 +49,26 @@ if [[ $dry_run -eq 0 ]]; then
     : "${nnUNet_results:?set nnUNet_results (and nnUNet_raw, nnUNet_preprocessed) first}"
 fi
 
+n_slots=${#gpu_list[@]}
+if [[ $n_slots -eq 0 ]]; then n_slots=1; fi
+side_by_side=$(( n_slots < 5 ? n_slots : 5 ))
+
+# data-augmentation workers per fold: the job's CPUs shared by the folds side by side, 1 .. 12
+cpus="${SLURM_CPUS_PER_TASK:-$(nproc)}"
+n_proc_da="${nnUNet_n_proc_DA:-$(( cpus / side_by_side ))}"
+if [[ -z "${nnUNet_n_proc_DA:-}" ]]; then
+    if (( n_proc_da < 1 )); then n_proc_da=1; fi
+    if (( n_proc_da > 12 )); then n_proc_da=12; fi
+fi
+
 fold_command() {  # fold gpu
     local prefix=""
     if [[ -n "$2" ]]; then prefix="CUDA_VISIBLE_DEVICES=$2 "; fi
+    prefix+="nnUNet_n_proc_DA=$n_proc_da "
     local device=""
     if [[ -z "$2" ]]; then device=" -device cpu"; fi
     echo "${prefix}nnUNetv2_train $dataset $config $1 -tr $trainer --npz$device${extra[*]:+ ${extra[*]}}"
 }
-
-n_slots=${#gpu_list[@]}
-if [[ $n_slots -eq 0 ]]; then n_slots=1; fi
 find_best="nnUNetv2_find_best_configuration $dataset -c $config -tr $trainer"
 for ((i = 0; i < ${#extra[@]}; i++)); do  # the same plans for find_best
     if [[ "${extra[$i]}" == "-p" && $((i + 1)) -lt ${#extra[@]} ]]; then find_best+=" -p ${extra[$((i + 1))]}"; fi

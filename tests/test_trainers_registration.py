@@ -138,26 +138,49 @@ def test_presets_are_valid_data_files():
 # ---------------------------------------------------------------- scripts
 
 def _dry_run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    hidden = ("CUDA_VISIBLE_DEVICES", "SLURM_CPUS_PER_TASK", "nnUNet_n_proc_DA")
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
     env["PATH"] = "/usr/bin:/bin"  # no nvidia-smi: the GPU list comes from --gpus / CUDA_VISIBLE_DEVICES only
     env.update(env_extra or {})
     return subprocess.run(["bash", str(TRAIN_5FOLD), "--dry-run", *args], env=env, capture_output=True, text=True)
 
 
 def test_train_5fold_dry_run_spreads_folds_over_gpus():
-    proc = _dry_run("4", "nnUNetTrainerUC", env_extra={"CUDA_VISIBLE_DEVICES": "2,3"})
+    proc = _dry_run("4", "nnUNetTrainerUC", env_extra={"CUDA_VISIBLE_DEVICES": "2,3", "SLURM_CPUS_PER_TASK": "16"})
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[:5] == [f"CUDA_VISIBLE_DEVICES={g} nnUNetv2_train 4 3d_fullres {f} -tr nnUNetTrainerUC --npz"
-                         for f, g in zip(range(5), [2, 3, 2, 3, 2])]
+    # two folds side by side share the job's 16 CPUs: 8 data-augmentation workers each
+    assert lines[:5] == [f"CUDA_VISIBLE_DEVICES={g} nnUNet_n_proc_DA=8 nnUNetv2_train 4 3d_fullres {f} "
+                         "-tr nnUNetTrainerUC --npz" for f, g in zip(range(5), [2, 3, 2, 3, 2])]
     assert lines[5] == "nnUNetv2_find_best_configuration 4 -c 3d_fullres -tr nnUNetTrainerUC"
 
 
+@pytest.mark.parametrize("gpus, cpus, expected", [
+    ("0 1 2 3 4 5 6 7", "16", 3),  # at most 5 folds side by side: 16 // 5
+    ("0 1 2 3", "64", 12),         # capped at nnU-Net's default of 12 per GPU
+    ("0 1 2 3", "3", 1),           # at least 1
+])
+def test_train_5fold_shares_the_cpus_between_folds_side_by_side(gpus, cpus, expected):
+    proc = _dry_run("--gpus", gpus, "4", "nnUNetTrainerUC", env_extra={"SLURM_CPUS_PER_TASK": cpus})
+    assert proc.returncode == 0, proc.stderr
+    assert all(f"nnUNet_n_proc_DA={expected} nnUNetv2_train" in line for line in proc.stdout.splitlines()[:5])
+
+
+def test_train_5fold_n_proc_da_from_nproc_or_the_users_value():
+    cpus = len(os.sched_getaffinity(0))  # what nproc reports
+    one_at_a_time = _dry_run("4", "nnUNetTrainerUC").stdout.splitlines()[0]
+    assert one_at_a_time.startswith(f"nnUNet_n_proc_DA={max(1, min(12, cpus))} nnUNetv2_train")
+    users = _dry_run("4", "nnUNetTrainerUC", env_extra={"nnUNet_n_proc_DA": "20"}).stdout.splitlines()[0]
+    assert users.startswith("nnUNet_n_proc_DA=20 nnUNetv2_train")
+
+
 def test_train_5fold_dry_run_cpu_config_and_extra_args():
-    proc = _dry_run("4", "nnUNetTrainerUXNet", "3d_fullres_paper96", "--", "-p", "MyPlans")
+    proc = _dry_run("4", "nnUNetTrainerUXNet", "3d_fullres_paper96", "--", "-p", "MyPlans",
+                    env_extra={"SLURM_CPUS_PER_TASK": "2"})
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0] == "nnUNetv2_train 4 3d_fullres_paper96 0 -tr nnUNetTrainerUXNet --npz -device cpu -p MyPlans"
+    assert lines[0] == ("nnUNet_n_proc_DA=2 nnUNetv2_train 4 3d_fullres_paper96 0 -tr nnUNetTrainerUXNet --npz "
+                        "-device cpu -p MyPlans")
     assert len(lines) == 6 and lines[-1].endswith("-tr nnUNetTrainerUXNet -p MyPlans")
 
 
@@ -171,3 +194,4 @@ def test_slurm_template_is_valid_bash_array_job():
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
     assert "#SBATCH --array=0-4" in text and 'eval "$(nnunetv2_uc env)"' in text and "--c" in text
+    assert 'export nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-${SLURM_CPUS_PER_TASK:-12}}"' in text

@@ -1,0 +1,32 @@
+"""`make install` picks the torch/torchvision pair's index from TORCH_INDEX_URL and changes nothing else."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_dry_run(*variables: str) -> list[str]:
+    if shutil.which("make") is None or not (ROOT / "Makefile").is_file():
+        pytest.skip("needs make and the checkout's Makefile")
+    proc = subprocess.run(["make", "-C", str(ROOT), "-n", "install-test", "VENV=/nonexistent/venv", *variables],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return [line.split(" -m pip ", 1)[1] for line in proc.stdout.splitlines() if " -m pip install" in line]
+
+
+def test_default_install_takes_the_pinned_pair_from_pypi():
+    lines = make_dry_run()
+    assert lines[1].split() == "install -c requirements-pins.txt -r requirements-pins.txt".split()
+    assert not any("--index-url" in line for line in lines)
+
+
+def test_torch_index_url_applies_to_the_torch_pair_only():
+    url = "https://download.pytorch.org/whl/cu126"
+    default, chosen = make_dry_run(), make_dry_run(f"TORCH_INDEX_URL={url}")
+    assert chosen[1].split() == f"install -c requirements-pins.txt -r requirements-pins.txt --index-url {url}".split()
+    assert [line for line in chosen if url not in line] == [line for i, line in enumerate(default) if i != 1]
