@@ -7,6 +7,7 @@ the rest (UX block, channels-first LayerNorm, DFi gate, the 2-D skip U-Net) is d
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence, Type
 
 import torch
@@ -15,6 +16,32 @@ from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+
+# ----------------------------------------------------------------------------------------------------------
+# measurement switches, read once at import (scripts/gpu_check.sh compares them on CUDA; defaults = as measured)
+#   NNUNETV2_UC_FAST_PATHS = cpu | all | none: devices on which the drop-in layers below take their fast path
+#   NNUNETV2_UC_LAYOUT = channels_last | contiguous: memory format of UX-Net's and uC's weights and maps
+# ----------------------------------------------------------------------------------------------------------
+def _setting(name: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: choose one of {', '.join(choices)} (default {choices[0]})")
+    return value
+
+
+FAST_PATHS = _setting("NNUNETV2_UC_FAST_PATHS", ("cpu", "all", "none"))
+LAYOUT = _setting("NNUNETV2_UC_LAYOUT", ("channels_last", "contiguous"))
+
+
+def map_format() -> torch.memory_format:
+    """Memory format of the networks' 3-D maps: channels_last_3d unless NNUNETV2_UC_LAYOUT=contiguous."""
+    return torch.channels_last_3d if LAYOUT == "channels_last" else torch.contiguous_format
+
+
+def to_network_layout(module: nn.Module) -> nn.Module:
+    """``to_channels_last(module)`` unless NNUNETV2_UC_LAYOUT=contiguous; returns ``module``."""
+    return to_channels_last(module) if LAYOUT == "channels_last" else module
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:
@@ -32,10 +59,11 @@ def to_channels_last(module: nn.Module) -> nn.Module:
 
 # ----------------------------------------------------------------------------------------------------------
 # drop-in subclasses of torch layers: same parameters, state-dict keys and values, faster CPU kernels.
-# The fast paths were measured on CPU only (BENCHMARKS.md); on other devices the torch layer runs unchanged.
+# The fast paths were measured on CPU only (BENCHMARKS.md); on other devices the torch layer runs unchanged
+# (NNUNETV2_UC_FAST_PATHS=all takes them everywhere, =none nowhere: see the switches above).
 # ----------------------------------------------------------------------------------------------------------
 def _fast_path(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu"
+    return FAST_PATHS == "all" or (FAST_PATHS == "cpu" and x.device.type == "cpu")
 
 
 class FastInstanceNorm3d(nn.InstanceNorm3d):
@@ -410,6 +438,8 @@ class UShapedConnection(nn.Module):
         b, s, p0, p1, c = stacked.shape
         # channels-last planes: a view when x is channels-last and the slice axis is "first", one copy otherwise
         planes = stacked.reshape(b * s, p0, p1, c).contiguous().permute(0, 3, 1, 2)
+        if LAYOUT == "contiguous":
+            planes = planes.contiguous()
         y = self.unet(planes).permute(0, 2, 3, 1).reshape(b, s, p0, p1, c)
         inverse = sorted(range(5), key=order.__getitem__)
-        return y.permute(inverse).contiguous(memory_format=torch.channels_last_3d)
+        return y.permute(inverse).contiguous(memory_format=map_format())

@@ -13,7 +13,7 @@ from torch import nn
 
 from nnunetv2_uc.architectures.blocks import (
     DFi, FastInstanceNorm3d, PatchConvTranspose3d, SegmentationHead, UShapedConnection, conv_norm_act_stack,
-    maybe_checkpoint, pad_end_to_match, to_channels_last,
+    maybe_checkpoint, map_format, pad_end_to_match, to_network_layout,
 )
 from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
 
@@ -95,7 +95,7 @@ class UC3DUNet(nn.Module):
         self.gated_up = nn.ModuleList(GatedUpBlock(f[level + 1], f[level]) for level in (3, 2, 1))
         self.concat_up = ConcatUpBlock(f[1], f[0], f[5])
         self.head = SegmentationHead(f[5], num_classes)
-        to_channels_last(self)  # channels-last throughout: cuDNN's layout, and the CPU fast paths keep it
+        to_network_layout(self)  # channels-last throughout (cuDNN's layout, kept by the CPU fast paths) by default
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input_tensor(x, self.input_channels, "UC3DUNet")
@@ -105,7 +105,7 @@ class UC3DUNet(nn.Module):
         """(B, input_channels, D0, D1, D2) -> logits (B, num_classes, D0, D1, D2)."""
         self.check_input(x)
         run = self._run
-        features = [run(self.stem, x.contiguous(memory_format=torch.channels_last_3d))]
+        features = [run(self.stem, x.contiguous(memory_format=map_format()))]
         for down in self.down:
             features.append(run(down, features[-1]))
         skips = [run(self.u_connections[str(level)], feat) if str(level) in self.u_connections else feat

@@ -12,7 +12,7 @@ from torch import nn
 
 from nnunetv2_uc.architectures.blocks import (
     LayerNormChannelsFirst, PatchConvTranspose3d, SegmentationHead, UXBlock, maybe_checkpoint, residual_block_3d,
-    to_channels_last,
+    map_format, to_network_layout,
 )
 from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
 
@@ -110,7 +110,7 @@ class UXNet(nn.Module):
         self.up_blocks = nn.ModuleList(UXNetUpBlock(c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:]))
         self.head_block = residual_block_3d(f[0], f[0])
         self.head = SegmentationHead(f[0], num_classes)
-        to_channels_last(self)
+        to_network_layout(self)
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input_tensor(x, self.input_channels, "UXNet")
@@ -121,7 +121,7 @@ class UXNet(nn.Module):
         self.check_input(x)
         # channels_last_3d: the depthwise k7 conv's backward is up to ~10x faster on CPU (oneDNN) and reaches cuDNN
         # on CUDA; the UX blocks' channels-last views then cost no copies
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=map_format())
         stage_outputs = self.encoder(x, self.activation_checkpointing)
         run = self._run
         skips = [run(self.skip_blocks[0], x)] + [run(blk, s) for blk, s in zip(self.skip_blocks[1:], stage_outputs[:3])]

@@ -1,8 +1,9 @@
 """Benchmark training steps and nnU-Net sliding-window inference of UX-Net, uC, PlainConvUNet and ResEnc M.
 
-Training step: forward, cross-entropy, backward, SGD step on a random batch (median of --repeats after --warmup).
+Training step: forward, cross-entropy, backward, SGD step on a random batch (median of --repeats after a warm-up).
 Inference: nnU-Net's own nnUNetPredictor.predict_sliding_window_return_logits over a fixed synthetic volume
-(tile step 0.5, Gaussian weighting, mirroring on unless --no-mirroring), i.e. exactly what nnUNetv2_predict runs.
+(tile step 0.5, Gaussian weighting, mirroring on unless --no-mirroring), i.e. exactly what nnUNetv2_predict runs;
+median of --repeats predictions after a warm-up network call.
 With --patches-per-batch N > 1 the predictor is nnunetv2_uc's batched one (N tiles per network call, otherwise
 nnU-Net's computation). Each network and mode runs in a fresh process, so peak memory is its own. Ratios are to
 PlainConvUNet and ResEnc M (nnU-Net's default and its recommended residual preset) at the same patch, from the
@@ -61,7 +62,11 @@ def synthetic_predictor(model, patch: Sequence[int], volume: Sequence[int], num_
 
 def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, repeats: int,
                       patches_per_batch: int = 1) -> dict:
-    """Median seconds of a sliding-window prediction of one (C, *volume) case, and peak memory."""
+    """Median seconds of ``repeats`` sliding-window predictions of one (C, *volume) case, and peak memory.
+
+    The warm-up is one network call on a full tile batch (cuDNN's per-shape autotuning, the allocator), not a
+    whole prediction: at 100x512x512 a prediction is hundreds of network calls.
+    """
     import torch
 
     model, _, _, autocast, _ = prepare(setup)
@@ -75,8 +80,10 @@ def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, 
         with autocast():
             predictor.predict_sliding_window_return_logits(data)
 
+    with torch.inference_mode(), autocast():
+        model(torch.zeros(patches_per_batch, setup.input_channels, *setup.patch, device=setup.device))
     start = peak_memory_start(setup.device)
-    seconds = median_seconds(predict, setup.device, repeats, warmup=1)
+    seconds = median_seconds(predict, setup.device, repeats, warmup=0)
     peak, kind = peak_memory_bytes(setup.device, start)
     return {"inference_s": seconds, "inference_peak_memory_bytes": peak, "memory_kind": kind}
 
@@ -84,17 +91,19 @@ def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, 
 def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str, amp: str, compile_: bool,
           channels_last: bool, volume: Sequence[int] | None, mirroring: bool, repeats: int, classes: int,
           progress=print, patches_per_batch: int = 1, checkpointing: bool = False,
-          profile_depthwise: bool = False) -> list[dict]:
+          profile_depthwise: bool = False, inference_only: bool = False) -> list[dict]:
     rows = []
     voxels_per_step = batch * int(math.prod(patch))
     for name in networks:
         setup = StepSetup(name, tuple(patch), 1, classes, batch, device, amp, compile_, channels_last,
                           checkpointing and name in CHECKPOINTABLE)
-        progress(f"[bench] {name}: training step at {list(patch)} x batch {batch} on {device} (amp {amp}, "
-                 f"compile {compile_}, channels_last {channels_last}, checkpointing {setup.checkpointing})")
-        row = {**asdict(setup), **run_in_fresh_process(measure_step, setup, repeats)}
-        row["steps_per_s"] = 1 / row["train_step_s"]
-        row["train_voxels_per_s"] = voxels_per_step / row["train_step_s"]
+        row = asdict(setup)
+        if not inference_only:
+            progress(f"[bench] {name}: training step at {list(patch)} x batch {batch} on {device} (amp {amp}, "
+                     f"compile {compile_}, channels_last {channels_last}, checkpointing {setup.checkpointing})")
+            row.update(run_in_fresh_process(measure_step, setup, repeats))
+            row["steps_per_s"] = 1 / row["train_step_s"]
+            row["train_voxels_per_s"] = voxels_per_step / row["train_step_s"]
         if profile_depthwise:
             progress(f"[bench] {name}: torch profiler on one training step (depthwise-conv share)")
             row.update(run_in_fresh_process(depthwise_share, setup))
@@ -111,7 +120,8 @@ def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str
     for baseline in ("plainunet", "resenc_m"):
         base = next((r for r in rows if r["name"] == baseline), None)
         for row in rows if base else []:
-            row[f"step_x_{baseline}"] = row["train_step_s"] / base["train_step_s"]
+            if not inference_only:
+                row[f"step_x_{baseline}"] = row["train_step_s"] / base["train_step_s"]
             if volume:
                 row[f"inference_x_{baseline}"] = row["inference_s"] / base["inference_s"]
     return rows
@@ -120,25 +130,34 @@ def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str
 def environment(device: str) -> dict:
     import torch
 
+    from nnunetv2_uc.architectures import blocks
+
     info = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "fast_paths": blocks.FAST_PATHS, "layout": blocks.LAYOUT}
     if device == "cuda":
         info.update(gpu=torch.cuda.get_device_name(), cudnn=torch.backends.cudnn.version(), cuda=torch.version.cuda)
     return info
 
 
 def format_rows(rows: list[dict]) -> str:
+    has_step = "train_step_s" in rows[0]
     has_inference = "inference_s" in rows[0]
     has_profile = "depthwise_share" in rows[0]
-    header = ["network", "step s", "steps/s", "Mvox/s", "peak MiB", "x plain", "x ResEnc M"]
+    header = ["network"]
+    if has_step:
+        header += ["step s", "steps/s", "Mvox/s", "peak MiB", "x plain", "x ResEnc M"]
     if has_profile:
         header += ["depthwise share"]
     if has_inference:
         header += ["infer s", "infer x plain"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["name"], f"{r['train_step_s']:.3f}", f"{r['steps_per_s']:.2f}", f"{r['train_voxels_per_s'] / 1e6:.3f}",
-                 f"{r['peak_memory_bytes'] / 2**20:.0f}", _ratio(r, "step_x_plainunet"), _ratio(r, "step_x_resenc_m")]
+        cells = [r["name"]]
+        if has_step:
+            cells += [f"{r['train_step_s']:.3f}", f"{r['steps_per_s']:.2f}", f"{r['train_voxels_per_s'] / 1e6:.3f}",
+                      f"{r['peak_memory_bytes'] / 2**20:.0f}", _ratio(r, "step_x_plainunet"),
+                      _ratio(r, "step_x_resenc_m")]
         if has_profile:
             cells += [f"{100 * r['depthwise_share']:.1f}%"]
         if has_inference:
@@ -171,6 +190,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also profile one training step: share of its time in depthwise convs (fwd + bwd)")
     parser.add_argument("--checkpointing", action="store_true",
                         help="activation checkpointing in uxnet/uc3dunet (nnU-Net's networks run without)")
+    parser.add_argument("--inference-only", action="store_true",
+                        help="with --volume: time only the inference, not the training step")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up (median)")
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="write rows and environment as JSON")
 
@@ -179,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     problem = request_problem(args.arch, args.patch, args.device)
     if not problem and args.volume and any(v < p for v, p in zip(args.volume, args.patch)):
         problem = f"--volume {args.volume} is smaller than the patch {args.patch} on some axis"
+    if not problem and args.inference_only and not args.volume:
+        problem = "--inference-only needs --volume"
     if not problem and args.patches_per_batch < 1:
         problem = f"--patches-per-batch must be >= 1, got {args.patches_per_batch}"
     if problem:
@@ -187,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     progress = lambda message: print(message, file=sys.stderr, flush=True)
     rows = bench(args.arch, args.patch, args.batch, args.device, args.amp, args.compile, args.channels_last,
                  args.volume, not args.no_mirroring, args.repeats, args.classes, progress, args.patches_per_batch,
-                 args.checkpointing, args.profile_depthwise)
+                 args.checkpointing, args.profile_depthwise, args.inference_only)
     print(format_rows(rows))
     if args.json_out:
         with open(args.json_out, "w") as f:
