@@ -345,8 +345,9 @@ def torch_build_fix(driver_cuda: tuple[int, int], torch_version: str) -> str:
     """How to get a torch build that runs on a driver supporting CUDA ``driver_cuda``."""
     flavour = TORCH_FLAVOUR_FOR_DRIVER.get(driver_cuda[0])
     if flavour is None:
+        newest = max(MIN_LINUX_DRIVER)
         return (f"no current torch build runs on a driver with CUDA {driver_cuda[0]}.{driver_cuda[1]}: have the "
-                f"NVIDIA driver upgraded (>= {MIN_LINUX_DRIVER[max(MIN_LINUX_DRIVER)]} for CUDA {max(MIN_LINUX_DRIVER)})")
+                f"NVIDIA driver upgraded (>= {MIN_LINUX_DRIVER[newest]} for CUDA {newest})")
     url = f"{TORCH_INDEX}/{flavour}"
     return (f"install a torch build for CUDA {driver_cuda[0]}.x: {torch_pair_command(torch_version, url)} "
             f"(or: make install TORCH_INDEX_URL={url}); pytorch.org's install matrix lists the CUDA flavours of "
@@ -657,7 +658,8 @@ def format_report(checks: list[Check]) -> str:
     counts = {s: sum(c.status == s for c in checks) for s in (OK, WARN, FAIL, SKIP)}
     verdict = (f"{counts[FAIL]} check(s) failed: fix them before training or predicting" if counts[FAIL]
                else "nothing blocks")
-    summary = f"doctor: {counts[OK]} ok, {counts[WARN]} warning(s), {counts[FAIL]} failed, {counts[SKIP]} skipped; {verdict}"
+    summary = (f"doctor: {counts[OK]} ok, {counts[WARN]} warning(s), {counts[FAIL]} failed, {counts[SKIP]} skipped; "
+               f"{verdict}")
     return "\n".join([*(format_line(c) for c in checks), summary])
 
 

@@ -88,7 +88,8 @@ def summarise(out: Path) -> tuple[str, dict]:
     infer = {tiles: bench_rows(out, *(f"infer{tiles}_{n}.json" for n in NETWORKS)) for tiles in (1, 4)}
     other_layout = bench_rows(out, "layout_ours_contiguous.json", "layout_nnunet_channels_last.json")
     fast_paths = bench_rows(out, "fast_paths_all.json")
-    training = {t: parse_training_log(p.read_text()) for t in TRAINERS if (p := out / "logs" / f"train_{t}.log").is_file()}
+    logs = {t: out / "logs" / f"train_{t}.log" for t in TRAINERS}
+    training = {t: parse_training_log(path.read_text()) for t, path in logs.items() if path.is_file()}
     total = (out / "total_seconds").read_text().strip() if (out / "total_seconds").is_file() else "?"
     driver = next((c["detail"] for c in doctor["checks"] if c["name"] == "cuda driver"), "-")
 
@@ -109,7 +110,8 @@ def summarise(out: Path) -> tuple[str, dict]:
     md += ["", f"### Training step, {meta.get('patch')} x batch 2, AMP {meta.get('amp')}", "",
            "| network | eager s | eager x plain | compiled s | compiled x plain | target | peak GiB (eager) | "
            "depthwise share |", "|---|---|---|---|---|---|---|---|"]
-    plain_eager, plain_compiled = get(eager.get("plainunet"), "train_step_s"), get(compiled.get("plainunet"), "train_step_s")
+    plain_eager = get(eager.get("plainunet"), "train_step_s")
+    plain_compiled = get(compiled.get("plainunet"), "train_step_s")
     for net in NETWORKS:
         e, c = get(eager.get(net), "train_step_s"), get(compiled.get(net), "train_step_s")
         er, cr = ratio(e, plain_eager), ratio(c, plain_compiled)
@@ -117,8 +119,9 @@ def summarise(out: Path) -> tuple[str, dict]:
         goal = (f"<= {target}x: eager {verdict(er, target)}, compiled {verdict(cr, target)}" if target else "")
         peak = get(eager.get(net), "peak_memory_bytes")
         share = get(eager.get(net), "depthwise_share")
+        percent = "-" if share is None else f"{100 * share:.1f}%"
         md.append(f"| {net} | {fmt(e)} | {fmt(er, '.2f')} | {fmt(c)} | {fmt(cr, '.2f')} | {goal} | "
-                  f"{fmt(peak and peak / GIB, '.2f')} | {fmt(share and 100 * share, '.1f')}{'%' if share is not None else ''} |")
+                  f"{fmt(peak and peak / GIB, '.2f')} | {percent} |")
         data["training_step"][net] = {"eager_s": e, "eager_x_plain": er, "compiled_s": c, "compiled_x_plain": cr,
                                       "target_x_plain": target, "peak_memory_bytes": peak, "depthwise_share": share}
 

@@ -39,14 +39,15 @@ def test_summary_tables_ratios_targets_and_losses(tmp_path):
     _bench_json(out / "step_eager.json", [
         {"name": n, "train_step_s": s, "peak_memory_bytes": 3 * GIB, "depthwise_share": 0.4 if n == "uxnet" else 0.0}
         for n, s in step.items()])
-    _bench_json(out / "memory128.json", [{"name": n, "peak_memory_bytes": (i + 1) * GIB, "memory_kind": "cuda max allocated"}
-                                         for i, n in enumerate(step)])
+    _bench_json(out / "memory128.json", [{"name": n, "peak_memory_bytes": (i + 1) * GIB,
+                                          "memory_kind": "cuda max allocated"} for i, n in enumerate(step)])
     _bench_json(out / "compiled_plainunet.json", [{"name": "plainunet", "train_step_s": 0.10}])
     _bench_json(out / "compiled_uc3dunet.json", [{"name": "uc3dunet", "train_step_s": 0.14}])
     for tiles, seconds in ((1, 20.0), (4, 15.0)):
         _bench_json(out / f"infer{tiles}_uxnet.json", [{"name": "uxnet", "inference_s": seconds,
                                                         "inference_peak_memory_bytes": GIB}])
-    _bench_json(out / "infer1_plainunet.json", [{"name": "plainunet", "inference_s": 8.0, "inference_peak_memory_bytes": GIB}])
+    _bench_json(out / "infer1_plainunet.json", [{"name": "plainunet", "inference_s": 8.0,
+                                                 "inference_peak_memory_bytes": GIB}])
     _bench_json(out / "layout_ours_contiguous.json", [{"name": "uxnet", "train_step_s": 0.45}])
     (out / "logs" / "train_nnUNetTrainerUC_tiny.log").write_text(
         "2026-11-30 10:01:00.1: Using torch.compile...\n2026-11-30 10:02:00.1: train_loss 0.2301\n"
@@ -82,7 +83,8 @@ def test_gpu_check_refuses_a_non_empty_out_and_unknown_arguments(tmp_path):
     (tmp_path / "keep.txt").write_text("user data")
     proc = subprocess.run(["bash", str(SCRIPT), "--smoke"], env=_env(tmp_path), capture_output=True, text=True)
     assert proc.returncode == 2 and "is not empty" in proc.stderr
-    assert (tmp_path / "keep.txt").read_text() == "user data" and sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    assert (tmp_path / "keep.txt").read_text() == "user data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
     proc = subprocess.run(["bash", str(SCRIPT), "--fast"], env=_env(tmp_path / "new"), capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown argument --fast" in proc.stderr
 
