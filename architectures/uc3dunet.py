@@ -11,11 +11,19 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnunetv2_uc.architectures.blocks import (
-    DFi, FastInstanceNorm3d, PatchConvTranspose3d, SegmentationHead, UShapedConnection, conv_norm_act_stack,
-    maybe_checkpoint, map_format, pad_end_to_match, to_network_layout,
+from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
+
+from nnunetv2_uc.architectures.building_blocks.checkpointing import maybe_checkpoint
+from nnunetv2_uc.architectures.building_blocks.conv_blocks import conv_norm_act_stack
+from nnunetv2_uc.architectures.building_blocks.fast_layers import FastInstanceNorm3d, PatchConvTranspose3d
+from nnunetv2_uc.architectures.building_blocks.heads import SegmentationHead
+from nnunetv2_uc.architectures.building_blocks.input_rules import InputRule, check_input_tensor
+from nnunetv2_uc.architectures.building_blocks.layout import map_format, to_network_layout
+from nnunetv2_uc.architectures.building_blocks.padding import pad_end_to_match
+from nnunetv2_uc.architectures.building_blocks.u_connection import DFi, UShapedConnection
+from nnunetv2_uc.architectures.original_checkpoints import (
+    KeyRule, OriginalCheckpoint, check_fixed_arguments, first_dim, take,
 )
-from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
 
 
 def two_conv_3d(input_channels: int, output_channels: int) -> nn.Module:
@@ -50,7 +58,7 @@ class ConcatUpBlock(nn.Module):
         return self.convs(torch.cat([skip, pad_end_to_match(self.upsample(x), skip)], dim=1))
 
 
-class UC3DUNet(nn.Module):
+class UC3DUNet(AbstractDynamicNetworkArchitectures):
     """uC 3DU-Net. Defaults are the paper configuration (21,716,235 parameters for 1 input, 5 classes).
 
     Args:
@@ -65,7 +73,7 @@ class UC3DUNet(nn.Module):
         deep_supervision: accepted for nnU-Net's ``get_network_from_plans``; must be falsy (no DS heads).
     """
 
-    patch_multiple_of_16 = False
+    input_rule = InputRule(total_stride=16, every_axis_multiple=False)  # multiples of 16 recommended
 
     def __init__(self, input_channels: int, num_classes: int,
                  features: Sequence[int] = (24, 48, 96, 192, 384, 32), uc_levels: Sequence[int] = (0, 1, 2),
@@ -95,11 +103,15 @@ class UC3DUNet(nn.Module):
         self.gated_up = nn.ModuleList(GatedUpBlock(f[level + 1], f[level]) for level in (3, 2, 1))
         self.concat_up = ConcatUpBlock(f[1], f[0], f[5])
         self.head = SegmentationHead(f[5], num_classes)
+        # where nnU-Net's pretraining tools find the encoder, the stem and the weights that read the image
+        self.key_to_encoder = "down"
+        self.key_to_stem = "stem"
+        self.keys_to_in_proj = ("stem.convs.0.conv", "stem.convs.0.all_modules.0")
         to_network_layout(self)  # channels-last throughout (cuDNN's layout, kept by the CPU fast paths) by default
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input_tensor(x, self.input_channels, "UC3DUNet")
-        check_spatial_shape(x.shape[2:], multiple_of_16=False, network="UC3DUNet")
+        self.input_rule.check(x.shape[2:], "UC3DUNet")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, input_channels, D0, D1, D2) -> logits (B, num_classes, D0, D1, D2)."""
@@ -121,3 +133,56 @@ class UC3DUNet(nn.Module):
 
     def _run(self, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
         return maybe_checkpoint(module, *inputs, enabled=self.activation_checkpointing)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the authors' checkpoints (IMOP-lab/U-Shaped-Connection): our parameter name -> original key, original kwargs -> ours
+# ----------------------------------------------------------------------------------------------------------
+_MONAI_ADN = {"conv": "conv", "norm": "adn.N"}
+
+
+def _uc_double_conv(index: str, part: str) -> str:
+    # original 2-D DoubleConv is one Sequential: conv 0, GN 1, ReLU 2, conv 3, GN 4, ReLU 5
+    return str(3 * int(index) + (0 if part == "conv" else 1))
+
+
+ORIGINAL_KEY_RULES: list[KeyRule] = [
+    (r"stem\.convs\.(\d)\.(conv|norm)\.(.*)", lambda m: f"conv_0.conv_{m[1]}.{_MONAI_ADN[m[2]]}.{m[3]}"),
+    (r"down\.(\d)\.1\.convs\.(\d)\.(conv|norm)\.(.*)",
+     lambda m: f"down_{int(m[1]) + 1}.convs.conv_{m[2]}.{_MONAI_ADN[m[3]]}.{m[4]}"),
+    (r"u_connections\.(\d)\.unet\.encoder\.(\d+)\.1\.convs\.(\d)\.(conv|norm)\.(.*)",
+     lambda m: f"uC_skip{m[1]}.unet.downs.{m[2]}.down.1.conv.{_uc_double_conv(m[3], m[4])}.{m[5]}"),
+    (r"u_connections\.(\d)\.unet\.upsample\.(\d+)\.(.*)", lambda m: f"uC_skip{m[1]}.unet.ups.{m[2]}.up.{m[3]}"),
+    (r"u_connections\.(\d)\.unet\.decoder\.(\d+)\.convs\.(\d)\.(conv|norm)\.(.*)",
+     lambda m: f"uC_skip{m[1]}.unet.ups.{m[2]}.conv.conv.{_uc_double_conv(m[3], m[4])}.{m[5]}"),
+    (r"gated_up\.(\d)\.upsample\.(.*)", lambda m: f"upcat_{4 - int(m[1])}.upsample.deconv.{m[2]}"),
+    (r"gated_up\.(\d)\.fusion\.(fuse|gate_up|gate_skip)\.(.*)",
+     lambda m: f"upcat_{4 - int(m[1])}.dfi.{ {'fuse': 'conv1', 'gate_up': 'conv2', 'gate_skip': 'conv3'}[m[2]] }.{m[3]}"),
+    (r"concat_up\.upsample\.(.*)", lambda m: f"upcat_1.upsample.deconv.{m[1]}"),
+    (r"concat_up\.convs\.convs\.(\d)\.(conv|norm)\.(.*)", lambda m: f"upcat_1.convs.conv_{m[1]}.{_MONAI_ADN[m[2]]}.{m[3]}"),
+    (r"head\.seg_layers\.(.*)", lambda m: f"final_conv.{m[1]}"),
+]
+
+
+def kwargs_from_original(original: dict, state: dict) -> dict:
+    """Our constructor kwargs for the original ``uC_3DUNet(**original)``; widths not given are read off ``state``."""
+    kw = dict(original)
+    stem = state.get("conv_0.conv_0.conv.weight")
+    default_features = [first_dim(state, "conv_0.conv_0.conv.weight", 24)]
+    default_features += [first_dim(state, f"down_{i}.convs.conv_0.conv.weight", d) for i, d in zip(range(1, 5), (48, 96, 192, 384))]
+    default_features += [first_dim(state, "upcat_1.convs.conv_0.conv.weight", 32)]
+    ours = {
+        "input_channels": take(kw, "in_channels", int(stem.shape[1]) if stem is not None else 1),
+        "num_classes": take(kw, "out_channels", first_dim(state, "final_conv.weight", 2)),
+        "features": list(take(kw, "features", default_features)),
+        "slice_axis": "last",  # the original folds the last axis of its (x, y, z) tensors
+    }
+    for ignored in ("depths", "drop_path_rate", "hidden_size", "layer_scale_init_value", "conv_block", "res_block",
+                    "norm_name", "spatial_dims"):
+        kw.pop(ignored, None)  # accepted and unused by the original constructor
+    check_fixed_arguments(kw, {"bias": True, "dropout": 0.0, "upsample": "deconv"}, "uC_3DUNet")
+    return ours
+
+
+ORIGINAL_CHECKPOINT = OriginalCheckpoint("IMOP-lab/U-Shaped-Connection @10c1f6a, get3dmodel('uC_3DUNet')",
+                                         ORIGINAL_KEY_RULES, kwargs_from_original)

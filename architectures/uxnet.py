@@ -10,11 +10,79 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnunetv2_uc.architectures.blocks import (
-    LayerNormChannelsFirst, PatchConvTranspose3d, SegmentationHead, UXBlock, maybe_checkpoint, residual_block_3d,
-    map_format, to_network_layout,
+from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
+from dynamic_network_architectures.building_blocks.regularization import DropPath
+
+from nnunetv2_uc.architectures.building_blocks.checkpointing import maybe_checkpoint
+from nnunetv2_uc.architectures.building_blocks.conv_blocks import residual_block_3d
+from nnunetv2_uc.architectures.building_blocks.fast_layers import PatchConvTranspose3d
+from nnunetv2_uc.architectures.building_blocks.heads import SegmentationHead
+from nnunetv2_uc.architectures.building_blocks.input_rules import InputRule, check_input_tensor
+from nnunetv2_uc.architectures.building_blocks.layout import map_format, to_network_layout
+from nnunetv2_uc.architectures.building_blocks.normalization import LayerNormChannelsFirst
+from nnunetv2_uc.architectures.original_checkpoints import (
+    KeyRule, OriginalCheckpoint, check_fixed_arguments, first_dim, take,
 )
-from nnunetv2_uc.architectures.input_checks import check_input_tensor, check_spatial_shape
+
+
+class DepthwiseChannelScaling(nn.Module):
+    """The UX block's "DCS" layer: a 1x1x1 conv with ``groups = channels`` (no cross-channel mixing).
+
+    Weights keep the grouped-conv shape ``(out, in/groups, 1, 1, 1)`` so checkpoints stay compatible, but the
+    op runs as a broadcast multiply-add on a channels-last tensor (B, *spatial, C), which avoids the slow
+    grouped-conv kernels. With ``groups`` input channels and ``groups * k`` outputs, each input channel c feeds
+    outputs ``c*k .. c*k+k-1``; with ``groups * k`` inputs and ``groups`` outputs, output c sums inputs
+    ``c*k .. c*k+k-1``.
+    """
+
+    def __init__(self, input_channels: int, output_channels: int) -> None:
+        super().__init__()
+        groups = min(input_channels, output_channels)
+        if input_channels % groups or output_channels % groups:
+            raise ValueError(f"DCS needs channel counts that divide: {input_channels} -> {output_channels}")
+        self.groups = groups
+        self.expand = output_channels >= input_channels
+        self.weight = nn.Parameter(torch.empty(output_channels, input_channels // groups, 1, 1, 1))
+        self.bias = nn.Parameter(torch.empty(output_channels))
+        # PyTorch's default Conv3d init for exactly this layer shape
+        reference = nn.Conv3d(input_channels, output_channels, 1, groups=groups)
+        with torch.no_grad():
+            self.weight.copy_(reference.weight)
+            self.bias.copy_(reference.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, *spatial, C_in) channels-last -> (B, *spatial, C_out)."""
+        g = self.groups
+        if self.expand:  # (.., g, 1) * (g, k) -> (.., g*k)
+            w = self.weight.view(g, -1)
+            y = x.unsqueeze(-1) * w + self.bias.view(g, -1)
+            return y.flatten(-2)
+        w = self.weight.view(g, -1)  # (g, k): output c sums its k inputs
+        y = (x.unflatten(-1, (g, -1)) * w).sum(-1)
+        return y + self.bias
+
+
+class UXBlock(nn.Module):
+    """3D UX-Net block: depthwise conv k7 -> LayerNorm -> DCS (x4) -> GELU -> DCS -> layer scale -> + input.
+
+    (B, C, D0, D1, D2) -> same shape. One residual; no cross-channel mixing.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 7, drop_path: float = 0.0,
+                 layer_scale_init_value: float = 1e-6, expansion: int = 4) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv3d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.pwconv1 = DepthwiseChannelScaling(channels, expansion * channels)
+        self.act = nn.GELU()
+        self.pwconv2 = DepthwiseChannelScaling(expansion * channels, channels)
+        self.gamma = nn.Parameter(layer_scale_init_value * torch.ones(channels))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.movedim(self.dwconv(x), 1, -1)  # channels-last view
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y)))) * self.gamma
+        return x + self.drop_path(torch.movedim(y, -1, 1))
 
 
 class UXNetEncoder(nn.Module):
@@ -65,7 +133,7 @@ class UXNetUpBlock(nn.Module):
         return self.block(torch.cat([self.upsample(x), skip], dim=1))
 
 
-class UXNet(nn.Module):
+class UXNet(AbstractDynamicNetworkArchitectures):
     """3D UX-Net. Defaults are the paper configuration (53,006,069 parameters for 1 input, 5 classes).
 
     Args:
@@ -83,7 +151,7 @@ class UXNet(nn.Module):
         deep_supervision: accepted for nnU-Net's ``get_network_from_plans``; must be falsy (no DS heads).
     """
 
-    patch_multiple_of_16 = True
+    input_rule = InputRule(total_stride=16, every_axis_multiple=True)
 
     def __init__(self, input_channels: int, num_classes: int,
                  feature_sizes: Sequence[int] = (48, 96, 192, 384), depths: Sequence[int] = (2, 2, 2, 2),
@@ -110,11 +178,15 @@ class UXNet(nn.Module):
         self.up_blocks = nn.ModuleList(UXNetUpBlock(c_in, c_out) for c_in, c_out in zip(widths[:-1], widths[1:]))
         self.head_block = residual_block_3d(f[0], f[0])
         self.head = SegmentationHead(f[0], num_classes)
+        # where nnU-Net's pretraining tools find the encoder, the stem and the weights that read the image
+        self.key_to_encoder = "encoder"
+        self.key_to_stem = "encoder.downsample.0"
+        self.keys_to_in_proj = ("encoder.downsample.0.0", "skip_blocks.0.conv1.conv", "skip_blocks.0.skip.0.conv")
         to_network_layout(self)
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input_tensor(x, self.input_channels, "UXNet")
-        check_spatial_shape(x.shape[2:], multiple_of_16=True, network="UXNet")
+        self.input_rule.check(x.shape[2:], "UXNet")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, input_channels, D0, D1, D2) -> logits (B, num_classes, D0, D1, D2)."""
@@ -136,3 +208,51 @@ class UXNet(nn.Module):
 
     def _run(self, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
         return maybe_checkpoint(module, *inputs, enabled=self.activation_checkpointing)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the authors' checkpoints (MASILab/3DUX-Net): our parameter name -> original key, original kwargs -> ours
+# ----------------------------------------------------------------------------------------------------------
+_RESBLOCK = {"conv1.conv": "conv1.conv", "conv2.conv": "conv2.conv", "skip.0.conv": "conv3.conv"}
+
+ORIGINAL_KEY_RULES: list[KeyRule] = [
+    (r"encoder\.downsample\.(.*)", lambda m: f"uxnet_3d.downsample_layers.{m[1]}"),
+    (r"encoder\.stages\.(.*)", lambda m: f"uxnet_3d.stages.{m[1]}"),
+    (r"encoder\.norms\.(\d+)\.(.*)", lambda m: f"uxnet_3d.norm{m[1]}.{m[2]}"),
+    (r"skip_blocks\.(\d+)\.(conv1\.conv|conv2\.conv|skip\.0\.conv)\.(.*)",
+     lambda m: f"encoder{int(m[1]) + 1}.layer.{_RESBLOCK[m[2]]}.{m[3]}"),
+    (r"bottleneck\.(conv1\.conv|conv2\.conv|skip\.0\.conv)\.(.*)", lambda m: f"encoder5.layer.{_RESBLOCK[m[1]]}.{m[2]}"),
+    (r"up_blocks\.(\d+)\.upsample\.(.*)", lambda m: f"decoder{5 - int(m[1])}.transp_conv.conv.{m[2]}"),
+    (r"up_blocks\.(\d+)\.block\.(conv1\.conv|conv2\.conv|skip\.0\.conv)\.(.*)",
+     lambda m: f"decoder{5 - int(m[1])}.conv_block.{_RESBLOCK[m[2]]}.{m[3]}"),
+    (r"head_block\.(conv1\.conv|conv2\.conv)\.(.*)", lambda m: f"decoder1.layer.{_RESBLOCK[m[1]]}.{m[2]}"),
+    (r"head\.seg_layers\.(.*)", lambda m: f"out.conv.conv.{m[1]}"),
+]
+
+
+def kwargs_from_original(original: dict, state: dict) -> dict:
+    """Our constructor kwargs for the original ``UXNET(**original)``; widths not given are read off ``state``."""
+    kw = dict(original)
+    feat = take(kw, "feat_size", [first_dim(state, f"uxnet_3d.downsample_layers.{i}.{0 if i == 0 else 1}.weight", d)
+                                   for i, d in enumerate((48, 96, 192, 384))])
+    depths = take(kw, "depths", [len({k.split(".")[3] for k in state if k.startswith(f"uxnet_3d.stages.{i}.")}) or 2
+                                  for i in range(4)])
+    stem = state.get("uxnet_3d.downsample_layers.0.0.weight")
+    ours = {
+        "input_channels": take(kw, "in_chans", int(stem.shape[1]) if stem is not None else 1),
+        "num_classes": take(kw, "out_chans", first_dim(state, "out.conv.conv.weight", 13)),
+        "feature_sizes": list(feat),
+        "depths": list(depths),
+        "hidden_size": take(kw, "hidden_size", first_dim(state, "encoder5.layer.conv1.conv.weight", 768)),
+        "drop_path_rate": float(take(kw, "drop_path_rate", 0.0)),
+        # the original ignores its layer_scale_init_value argument and always builds with 1e-6
+        "layer_scale_init_value": 1e-6,
+    }
+    kw.pop("layer_scale_init_value", None)
+    fixed = {"spatial_dims": 3, "norm_name": "instance", "res_block": True, "conv_block": True}
+    check_fixed_arguments(kw, fixed, "UXNET")
+    return ours
+
+
+ORIGINAL_CHECKPOINT = OriginalCheckpoint("MASILab/3DUX-Net @14ea46b, class UXNET", ORIGINAL_KEY_RULES,
+                                         kwargs_from_original)

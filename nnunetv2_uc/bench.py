@@ -11,30 +11,28 @@ same run.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import platform
-import sys
 from dataclasses import asdict
-from typing import Sequence
+from typing import Callable, Sequence
 
+import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunetv2_uc.architectures.building_blocks import switches
+from nnunetv2_uc.architectures.registry import network_entry
+from nnunetv2_uc.predict import BatchedSlidingWindowPredictor
 from nnunetv2_uc.timing import (
-    NETWORKS, StepSetup, depthwise_share, measure_step, median_seconds, peak_memory_bytes, peak_memory_start, prepare,
-    request_problem, run_in_fresh_process,
+    StepSetup, depthwise_share, measure_step, median_seconds, peak_memory_bytes, peak_memory_start, prepare,
+    run_in_fresh_process,
 )
-
-CHECKPOINTABLE = ("uxnet", "uc3dunet")  # nnU-Net's own networks have no checkpointing option
 
 
 def synthetic_predictor(model, patch: Sequence[int], volume: Sequence[int], num_classes: int, device: str,
                         mirroring: bool, patches_per_batch: int = 1):
     """nnU-Net's predictor (or, with ``patches_per_batch`` > 1, the batched one) set up for ``model`` on a
     one-channel CT-like dataset with a ``volume``-sized median image; step 0.5, Gaussian weighting."""
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     plans = PlansManager({
         "dataset_name": "Dataset999_Bench", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1, 1, 1],
         "original_median_shape_after_transp": list(volume), "image_reader_writer": "SimpleITKIO",
@@ -51,8 +49,7 @@ def synthetic_predictor(model, patch: Sequence[int], volume: Sequence[int], num_
                    perform_everything_on_device=device == "cuda", device=torch.device(device), verbose=False,
                    allow_tqdm=False)
     if patches_per_batch > 1:
-        from nnunetv2_uc.predict import batched_predictor_class
-        predictor = batched_predictor_class()(patches_per_batch=patches_per_batch, **options)
+        predictor = BatchedSlidingWindowPredictor(patches_per_batch=patches_per_batch, **options)
     else:
         predictor = nnUNetPredictor(**options)
     predictor.manual_initialization(model, plans, plans.get_configuration("3d_fullres"), None, dataset_json,
@@ -67,8 +64,6 @@ def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, 
     The warm-up is one network call on a full tile batch (cuDNN's per-shape autotuning, the allocator), not a
     whole prediction: at 100x512x512 a prediction is hundreds of network calls.
     """
-    import torch
-
     model, _, _, autocast, _ = prepare(setup)
     model.eval()
     predictor = synthetic_predictor(model, setup.patch, volume, setup.num_classes, setup.device, mirroring,
@@ -90,13 +85,14 @@ def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, 
 
 def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str, amp: str, compile_: bool,
           channels_last: bool, volume: Sequence[int] | None, mirroring: bool, repeats: int, classes: int,
-          progress=print, patches_per_batch: int = 1, checkpointing: bool = False,
+          progress: Callable[[str], None] = print, patches_per_batch: int = 1, checkpointing: bool = False,
           profile_depthwise: bool = False, inference_only: bool = False) -> list[dict]:
+    """One row per network; ``inference_only`` (with ``volume``) skips the training step."""
     rows = []
     voxels_per_step = batch * int(math.prod(patch))
     for name in networks:
         setup = StepSetup(name, tuple(patch), 1, classes, batch, device, amp, compile_, channels_last,
-                          checkpointing and name in CHECKPOINTABLE)
+                          checkpointing and network_entry(name).supports_checkpointing)
         row = asdict(setup)
         if not inference_only:
             progress(f"[bench] {name}: training step at {list(patch)} x batch {batch} on {device} (amp {amp}, "
@@ -128,13 +124,9 @@ def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str
 
 
 def environment(device: str) -> dict:
-    import torch
-
-    from nnunetv2_uc.architectures import blocks
-
     info = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "fast_paths": blocks.FAST_PATHS, "layout": blocks.LAYOUT}
+            "fast_paths": switches.FAST_PATHS, "layout": switches.LAYOUT}
     if device == "cuda":
         info.update(gpu=torch.cuda.get_device_name(), cudnn=torch.backends.cudnn.version(), cuda=torch.version.cuda)
     return info
@@ -168,51 +160,3 @@ def format_rows(rows: list[dict]) -> str:
 
 def _ratio(row: dict, key: str) -> str:
     return f"{row[key]:.2f}" if key in row else "-"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", nargs="+", default=list(NETWORKS), choices=NETWORKS,
-                        help="networks to benchmark (default: all four)")
-    parser.add_argument("--patch", nargs=3, type=int, default=[64, 64, 64], metavar=("D0", "D1", "D2"),
-                        help="training/inference patch (default 64 64 64; nnU-Net's 3d_fullres patch for GPU runs)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size of the training step (default 1)")
-    parser.add_argument("--classes", type=int, default=5, help="output classes (default 5)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast dtype (default off)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network (slow first steps)")
-    parser.add_argument("--channels-last", action="store_true", help="model and input in channels_last(_3d)")
-    parser.add_argument("--volume", nargs=3, type=int, metavar=("D0", "D1", "D2"),
-                        help="also time sliding-window inference over a volume of this size, e.g. 100 512 512")
-    parser.add_argument("--no-mirroring", action="store_true", help="inference without nnU-Net's mirroring TTA")
-    parser.add_argument("--patches-per-batch", type=int, default=1, metavar="N",
-                        help="sliding-window tiles per network call (default 1 = nnU-Net's predictor)")
-    parser.add_argument("--profile-depthwise", action="store_true",
-                        help="also profile one training step: share of its time in depthwise convs (fwd + bwd)")
-    parser.add_argument("--checkpointing", action="store_true",
-                        help="activation checkpointing in uxnet/uc3dunet (nnU-Net's networks run without)")
-    parser.add_argument("--inference-only", action="store_true",
-                        help="with --volume: time only the inference, not the training step")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up (median)")
-    parser.add_argument("--json", dest="json_out", metavar="FILE", help="write rows and environment as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    problem = request_problem(args.arch, args.patch, args.device)
-    if not problem and args.volume and any(v < p for v, p in zip(args.volume, args.patch)):
-        problem = f"--volume {args.volume} is smaller than the patch {args.patch} on some axis"
-    if not problem and args.inference_only and not args.volume:
-        problem = "--inference-only needs --volume"
-    if not problem and args.patches_per_batch < 1:
-        problem = f"--patches-per-batch must be >= 1, got {args.patches_per_batch}"
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    progress = lambda message: print(message, file=sys.stderr, flush=True)
-    rows = bench(args.arch, args.patch, args.batch, args.device, args.amp, args.compile, args.channels_last,
-                 args.volume, not args.no_mirroring, args.repeats, args.classes, progress, args.patches_per_batch,
-                 args.checkpointing, args.profile_depthwise, args.inference_only)
-    print(format_rows(rows))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"environment": environment(args.device), "command": " ".join(sys.argv), "rows": rows}, f, indent=2)
-    return 0

@@ -9,14 +9,16 @@ transposed convolutions 8x in 3-D, see the README.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Sequence
 
-from nnunetv2_uc.timing import StepSetup, build_network, measure_step, request_problem, run_in_fresh_process
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-ARCHS = ("uxnet", "uc3dunet", "plainunet")
+from nnunetv2_uc.architectures.uxnet import DepthwiseChannelScaling
+from nnunetv2_uc.timing import StepSetup, build_network, measure_step, run_in_fresh_process
+
+DEFAULT_ARCHS = ("uxnet", "uc3dunet", "plainunet")
 
 
 def count_parameters(model) -> int:
@@ -25,12 +27,6 @@ def count_parameters(model) -> int:
 
 def count_macs(arch: str, input_channels: int, num_classes: int, patch: Sequence[int], batch: int = 1) -> int:
     """MACs of one forward pass (fvcore conventions, see the module docstring), counted on the meta device."""
-    import torch
-    from torch import nn
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from nnunetv2_uc.architectures.blocks import DepthwiseChannelScaling
-
     with torch.device("meta"):
         model = build_network(arch, input_channels, num_classes, patch).eval()
         x = torch.empty(batch, input_channels, *patch)
@@ -87,40 +83,3 @@ def format_table(rows: list[dict]) -> str:
                 cells.append(f"{r['train_step_s'] / baseline['train_step_s']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", nargs="+", default=["all"], choices=ARCHS + ("all",),
-                        help="networks to report (default: all three)")
-    parser.add_argument("--patch", nargs=3, type=int, default=[96, 96, 96], metavar=("D0", "D1", "D2"),
-                        help="input patch size (default 96 96 96, the papers' crop)")
-    parser.add_argument("--classes", type=int, default=5, help="output classes (default 5)")
-    parser.add_argument("--input-channels", type=int, default=1, help="input channels (default 1)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to time (default cpu)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions; the median is reported")
-    parser.add_argument("--no-timing", action="store_true", help="only parameters and MACs (instant)")
-    parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write the rows as JSON ('-' = stdout)")
-
-
-def run(args: argparse.Namespace) -> int:
-    archs = list(ARCHS) if "all" in args.arch else list(dict.fromkeys(args.arch))
-    problem = request_problem(archs, args.patch, args.device)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    if not args.no_timing:
-        print(f"timing {', '.join(archs)} at patch {args.patch} on {args.device} "
-              f"({args.repeats} repeats after 1 warm-up; each network in a fresh process)...", file=sys.stderr)
-    rows = cost_report(archs, args.patch, args.input_channels, args.classes, args.device, args.repeats,
-                       timing=not args.no_timing)
-    if args.json_out == "-":
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(format_table(rows))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(rows, f, indent=2)
-    return 0

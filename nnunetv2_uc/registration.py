@@ -1,15 +1,12 @@
-"""Print the shell line that lets the stock nnUNetv2_* commands find this plugin's trainers.
+"""How the stock nnUNetv2_* commands find this plugin's trainers: ``nnUNet_extTrainer`` and the shim directory.
 
-Usage: eval "$(nnunetv2_uc env)"   (or: eval "$(python -m nnunetv2_uc env)")
-
-It prints `export nnUNet_extTrainer=...` with this package's shim directory appended to any existing value
+``nnunetv2_uc env`` prints `export nnUNet_extTrainer=...` with this package's shim directory appended to any existing value
 (never dropping it; unchanged if the directory is already listed). nnU-Net then resolves
 `-tr nnUNetTrainerUC`, `-tr nnUNetTrainerUXNet` and their _SGD/_tiny variants in nnUNetv2_train and
 nnUNetv2_predict.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 from pathlib import Path
@@ -35,11 +32,6 @@ def export_line(existing: str | None) -> str:
     return f"export {ENV_VAR}={shlex.quote(ext_trainer_value(existing))}"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--print-dir", action="store_true",
-                        help="print only the shim directory (for other shells or job scripts)")
-
-
-def run(args: argparse.Namespace) -> int:
-    print(shim_directory() if args.print_dir else export_line(os.environ.get(ENV_VAR)))
-    return 0
+def register_trainers() -> None:
+    """Let nnU-Net's trainer lookup in this process (and its children) find this plugin's trainers."""
+    os.environ[ENV_VAR] = ext_trainer_value(os.environ.get(ENV_VAR))

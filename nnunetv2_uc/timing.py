@@ -4,71 +4,39 @@ Each measurement runs in a fresh process (``run_in_fresh_process``) so its peak 
 """
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-NETWORKS = ("uxnet", "uc3dunet", "plainunet", "resenc_m")
-RESENC_M_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnUNetPlannerResEncM's encoder blocks per stage
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
-
-def nnunet_topology(patch: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
-    """What nnU-Net's planners pick for this patch: stages, kernel sizes, strides, widths (32 .. 320)."""
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-
-    _, strides, kernels, _, _ = get_pool_and_conv_props(list(spacing), list(patch), 4, 999999)
-    n_stages = len(kernels)
-    return {
-        "n_stages": n_stages,
-        "features_per_stage": [min(320, 32 * 2 ** i) for i in range(n_stages)],
-        "kernel_sizes": [list(k) for k in kernels],
-        "strides": [list(s) for s in strides],
-    }
-
+from nnunetv2_uc.architectures.building_blocks.layout import to_channels_last
+from nnunetv2_uc.architectures.registry import network_entry
 
 def build_network(name: str, input_channels: int, num_classes: int, patch: Sequence[int],
-                  checkpointing: bool = False):
-    """One of NETWORKS in its default configuration (paper, or nnU-Net's planner for this patch); no DS heads.
-
-    ``checkpointing`` turns on activation checkpointing (uxnet and uc3dunet only).
-    """
-    from torch import nn
-
-    if name == "uxnet":
-        from nnunetv2_uc.architectures import UXNet
-        return UXNet(input_channels, num_classes, activation_checkpointing=checkpointing)
-    if name == "uc3dunet":
-        from nnunetv2_uc.architectures import UC3DUNet
-        return UC3DUNet(input_channels, num_classes, activation_checkpointing=checkpointing)
-    if checkpointing:
+                  checkpointing: bool = False) -> nn.Module:
+    """The registry's network ``name`` as cost and bench run it (no DS heads); ``checkpointing`` turns on
+    activation checkpointing where the network has it."""
+    entry = network_entry(name)
+    if checkpointing and not entry.supports_checkpointing:
         raise ValueError(f"{name} has no activation checkpointing option")
-    if name not in ("plainunet", "resenc_m"):
-        raise ValueError(f"unknown network {name!r}; choose from {NETWORKS}")
-    topo = nnunet_topology(patch)
-    common = dict(conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-                  nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
-    n = topo["n_stages"]
-    args = (input_channels, n, topo["features_per_stage"], nn.Conv3d, topo["kernel_sizes"], topo["strides"])
-    if name == "plainunet":
-        from dynamic_network_architectures.architectures.unet import PlainConvUNet
-        return PlainConvUNet(*args, [2] * n, num_classes, [2] * (n - 1), **common)
-    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
-    return ResidualEncoderUNet(*args, list(RESENC_M_BLOCKS[:n]), num_classes, [1] * (n - 1), **common)
+    return entry.build_for_patch(input_channels, num_classes, patch, checkpointing)
 
 
 def request_problem(names: Sequence[str], patch: Sequence[int], device: str) -> str | None:
     """Why these networks cannot be run at ``patch`` on ``device`` (None if they can): checked before any work."""
-    from nnunetv2_uc.architectures import spatial_shape_problems
-
     for name in names:
-        if name in ("uxnet", "uc3dunet"):
-            problems = spatial_shape_problems(patch, multiple_of_16=name == "uxnet")
-            if problems:
-                return f"{name} cannot take patch {list(patch)}: " + "; ".join(problems)
-    if device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            return "--device cuda but no CUDA device is visible; use --device cpu"
+        problems = network_entry(name).input_problems(patch)
+        if problems:
+            return f"{name} cannot take patch {list(patch)}: " + "; ".join(problems)
+    if device == "cuda" and not torch.cuda.is_available():
+        return "--device cuda but no CUDA device is visible; use --device cpu"
     return None
 
 
@@ -89,10 +57,6 @@ class StepSetup:
 
 def prepare(setup: StepSetup):
     """(model, optimizer, loss function, autocast context factory, grad scaler or None) for ``setup``."""
-    import contextlib
-
-    import torch
-
     torch.manual_seed(0)
     device = torch.device(setup.device)
     if device.type == "cuda":
@@ -100,7 +64,6 @@ def prepare(setup: StepSetup):
     model = build_network(setup.name, setup.input_channels, setup.num_classes, setup.patch,
                           setup.checkpointing).to(device)
     if setup.channels_last:
-        from nnunetv2_uc.architectures.blocks import to_channels_last
         to_channels_last(model)
     if setup.compile:
         model = torch.compile(model)
@@ -112,8 +75,6 @@ def prepare(setup: StepSetup):
 
 
 def synchronize(device: str) -> None:
-    import torch
-
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -132,8 +93,6 @@ def median_seconds(fn: Callable[[], None], device: str, repeats: int, warmup: in
 
 
 def peak_memory_start(device: str) -> int:
-    import torch
-
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         return 0
@@ -143,10 +102,6 @@ def peak_memory_start(device: str) -> int:
 
 def peak_memory_bytes(device: str, start: int) -> tuple[int, str]:
     """CUDA max allocated, or on CPU how far the peak RSS rose above ``start``."""
-    import resource
-
-    import torch
-
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated()), "cuda max allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start, "peak RSS growth"
@@ -154,8 +109,6 @@ def peak_memory_bytes(device: str, start: int) -> tuple[int, str]:
 
 def training_step_runner(setup: StepSetup):
     """(model, one training step as a function) for ``setup``: forward, CE loss, backward, SGD step."""
-    import torch
-
     model, optimizer, loss_fn, autocast, scaler = prepare(setup)
     fmt = torch.channels_last_3d if setup.channels_last else torch.contiguous_format
     x = torch.randn(setup.batch, setup.input_channels, *setup.patch, device=setup.device).contiguous(memory_format=fmt)
@@ -201,9 +154,6 @@ def _is_depthwise(input_shape: Sequence[int], weight_shape: Sequence[int]) -> bo
 def depthwise_share(setup: StepSetup, warmup: int = 2) -> dict:
     """Share of one training step's time spent in depthwise convolutions (forward and backward), from the
     torch profiler: CUDA kernel time on a GPU, operator time on CPU."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
     model, train_step, _ = training_step_runner(setup)
     model.train()
     for _ in range(warmup):
@@ -233,8 +183,5 @@ def depthwise_share(setup: StepSetup, warmup: int = 2) -> dict:
 
 def run_in_fresh_process(fn: Callable, *args, **kwargs):
     """``fn(*args, **kwargs)`` in a new spawned interpreter (its own peak memory and allocator state)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args, **kwargs).result()

@@ -3,7 +3,8 @@
 # public commands only (nnunetv2_uc doctor / bench / synth, nnUNetv2_plan_and_preprocess, nnUNetv2_train).
 #
 # Usage: scripts/gpu_check.sh [--smoke]
-#   --smoke  tiny sizes on CPU, two networks, one trainer, no compiled step (tests the script; numbers mean nothing)
+#   --smoke  tiny sizes on CPU, two networks, one trainer, no compiled step, 5x the step limits (tests the script;
+#            its numbers mean nothing)
 # Settings (environment, defaults in brackets):
 #   OUT [/tmp/out]          must be empty or absent: log.txt, steps.tsv, one JSON per measurement, logs/,
 #                           and summary.md (paste it into BENCHMARKS.md) + summary.json
@@ -20,7 +21,7 @@
 # Needs nnunetv2-uc installed (make install) with its commands on PATH.
 set -uo pipefail
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 
 smoke=0
 case "${1:-}" in
@@ -35,7 +36,10 @@ if [[ -e "$OUT" && -n "$(ls -A "$OUT" 2>/dev/null)" ]]; then
     exit 2
 fi
 for command in nnunetv2_uc nnUNetv2_train nnUNetv2_plan_and_preprocess; do
-    command -v "$command" >/dev/null || { echo "error: $command not on PATH: activate the environment with nnunetv2-uc" >&2; exit 2; }
+    if ! command -v "$command" >/dev/null; then
+        echo "error: $command not on PATH: activate the environment with nnunetv2-uc" >&2
+        exit 2
+    fi
 done
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="$(dirname "$(command -v nnunetv2_uc)")/python"
@@ -46,15 +50,19 @@ export PYTHONUNBUFFERED=1
 
 if [[ $smoke -eq 1 ]]; then  # CPU: nnU-Net does not compile there either, and a CPU compile takes minutes
     device=cpu amp=off patch="${PATCH:-16 32 32}" memory_patch="32 32 32" volume="${VOLUME:-24 48 48}"
-    repeats="${REPEATS:-1}" budget="${BUDGET_S:-1800}" cases=5 n_proc_da=1 train_device="-device cpu"
+    repeats="${REPEATS:-1}" budget="${BUDGET_S:-2400}" cases=5 n_proc_da=1 train_device="-device cpu" cap_scale=5
     nets="uc3dunet plainunet" trainers="nnUNetTrainerUC_tiny" compiled_nets=""
 else
     device=cuda amp=fp16 patch="${PATCH:-48 224 224}" memory_patch="128 128 128" volume="${VOLUME:-100 512 512}"
-    repeats="${REPEATS:-3}" budget="${BUDGET_S:-450}" cases=8 n_proc_da=4 train_device=""
+    repeats="${REPEATS:-3}" budget="${BUDGET_S:-450}" cases=8 n_proc_da=4 train_device="" cap_scale=1
     nets="plainunet resenc_m uc3dunet uxnet" trainers="nnUNetTrainerUC_tiny nnUNetTrainerUXNet_tiny"
     compiled_nets="plainunet uc3dunet uxnet"
 fi
-only() { local keep=" $1 " out=() n; for n in $nets; do [[ $keep == *" $n "* ]] && out+=("$n"); done; echo "${out[*]}"; }
+only() {  # the networks of $nets that are among $1
+    local keep=" $1 " out=() n
+    for n in $nets; do [[ $keep == *" $n "* ]] && out+=("$n"); done
+    echo "${out[*]}"
+}
 read -r -a all_nets <<< "$nets"
 read -r -a our_nets <<< "$(only "uxnet uc3dunet")"
 read -r -a nnunet_nets <<< "$(only "plainunet resenc_m")"
@@ -78,8 +86,9 @@ trap 'trap - TERM INT; while read -r p; do kill -TERM -- "-$p" 2>/dev/null; done
 {
     printf '{"smoke": %s, "device": "%s", "amp": "%s", "patch": "%s", "memory_patch": "%s", "volume": "%s", ' \
         "$([[ $smoke -eq 1 ]] && echo true || echo false)" "$device" "$amp" "$patch" "$memory_patch" "$volume"
-    printf '"networks": "%s", "repeats": %s, "budget_s": %s, "commit": "%s", "started": "%s"}\n' "$nets" "$repeats" "$budget" \
-        "$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null || echo unknown)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    printf '"networks": "%s", "repeats": %s, "budget_s": %s, "commit": "%s", "started": "%s"}\n' \
+        "$nets" "$repeats" "$budget" "$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } > "$OUT/meta.json"
 
 skip() {  # NAME REASON
@@ -88,7 +97,7 @@ skip() {  # NAME REASON
 }
 
 step() {  # NAME CAP_S COMMAND...: run with the smaller of CAP_S and the budget left; log to logs/NAME.log
-    local name=$1 cap=$2; shift 2
+    local name=$1 cap=$(($2 * cap_scale)); shift 2
     local left=$((deadline - SECONDS)) t0=$SECONDS status rc
     if (( left < 20 )); then
         skip "$name" "budget spent"
@@ -112,8 +121,8 @@ step() {  # NAME CAP_S COMMAND...: run with the smaller of CAP_S and the budget 
     return $rc
 }
 
-# 1. the installation as nnU-Net will see it
-step doctor 90 bash -c 'nnunetv2_uc doctor --json > "$0/doctor.json"; nnunetv2_uc doctor | tee "$0/doctor.txt"' "$OUT"
+# 1. the installation as nnU-Net will see it (summary.md lists its GPU lines and every line that is not ok)
+step doctor 120 bash -c 'nnunetv2_uc doctor --json > "$0/doctor.json"' "$OUT"
 
 # training data for step 3, prepared on the CPU while the GPU measures step 2
 step data 240 bash -c "nnunetv2_uc synth --dataset-id $dataset --cases $cases --test-cases 0 --seed 0 && \
@@ -121,8 +130,8 @@ step data 240 bash -c "nnunetv2_uc synth --dataset-id $dataset --cases $cases --
 data_job=$!
 
 # 2. training step of the four networks at PATCH, batch 2, with the depthwise-conv share of each step
-step step_eager 180 "${bench[@]}" --arch "${all_nets[@]}" --patch "${patch_args[@]}" --batch 2 --repeats "$repeats" --profile-depthwise \
-    --json "$OUT/step_eager.json"
+step step_eager 180 "${bench[@]}" --arch "${all_nets[@]}" --patch "${patch_args[@]}" --batch 2 \
+    --repeats "$repeats" --profile-depthwise --json "$OUT/step_eager.json"
 
 # 3. nnU-Net's own training (its CUDA defaults: fp16 AMP and torch.compile) of both trainers, side by side with the
 #    peak-memory measurement (torch.cuda.max_memory_allocated is per process, so sharing the GPU does not change it)

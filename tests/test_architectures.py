@@ -5,11 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from nnunetv2_uc.architectures import UC3DUNet, UXNet, spatial_shape_problems
-from nnunetv2_uc.architectures.blocks import (
-    DFi, DepthwiseChannelScaling, FastInstanceNorm3d, LayerNormChannelsFirst, PatchConvTranspose2d,
-    PatchConvTranspose3d, PointwiseConv3d, UShapedConnection,
+from nnunetv2_uc.architectures import UC3DUNet, UXNet
+from nnunetv2_uc.architectures.building_blocks.fast_layers import (
+    FastInstanceNorm3d, PatchConvTranspose2d, PatchConvTranspose3d, PointwiseConv3d,
 )
+from nnunetv2_uc.architectures.building_blocks.input_rules import InputRule
+from nnunetv2_uc.architectures.building_blocks.normalization import LayerNormChannelsFirst
+from nnunetv2_uc.architectures.building_blocks.u_connection import DFi, UShapedConnection
+from nnunetv2_uc.architectures.uxnet import DepthwiseChannelScaling
 from nnunetv2_uc.cost import count_macs, count_parameters
 
 SMALL_UX = dict(feature_sizes=(16, 16, 32, 32), depths=(1, 1, 1, 1), hidden_size=32)
@@ -70,13 +73,13 @@ def test_uxnet_rejects_non_multiples_of_16_naming_axis_size_and_nearest():
     ((12, 64, 64), False, "axis 0 has size 12 < 16"),
     ((56, 64, 64), True, "nearest valid: 48 or 64"),
 ])
-def test_spatial_shape_problems(spatial, multiple, fragment):
-    assert any(fragment in p for p in spatial_shape_problems(spatial, multiple))
+def test_input_rule_problems(spatial, multiple, fragment):
+    assert any(fragment in p for p in InputRule(16, every_axis_multiple=multiple).problems(spatial))
 
 
 @pytest.mark.parametrize("spatial", [(32, 48, 64), (16, 16, 32), (96, 96, 96)])
 def test_valid_sizes_have_no_problems(spatial):
-    assert spatial_shape_problems(spatial, True) == [] and spatial_shape_problems(spatial, False) == []
+    assert UXNet.input_rule.problems(spatial) == [] and UC3DUNet.input_rule.problems(spatial) == []
 
 
 def test_odd_sizes_run_through_uc():

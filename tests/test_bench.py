@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from nnunetv2_uc.architectures.blocks import to_channels_last
+from nnunetv2_uc.architectures.building_blocks.layout import to_channels_last
 from nnunetv2_uc.timing import StepSetup, build_network, measure_step
 
 

@@ -93,7 +93,7 @@ def test_gpu_check_refuses_a_non_empty_out_and_unknown_arguments(tmp_path):
 def test_gpu_check_smoke_runs_every_step_on_cpu(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(["bash", str(SCRIPT), "--smoke"], env=_env(out), capture_output=True, text=True,
-                          timeout=2400)
+                          timeout=2700)
     assert proc.returncode == 0, proc.stdout[-4000:]
     steps = {line.split("\t")[0]: line.split("\t")[1] for line in (out / "steps.tsv").read_text().splitlines()[1:]}
     assert steps.pop("compiled") == "skipped (smoke run: no compiling on CPU)"

@@ -11,7 +11,8 @@ import torch
 
 from conftest import fixture_path
 from nnunetv2_uc.architectures import UC3DUNet, UXNet
-from nnunetv2_uc.interop import CheckpointError, load_original, original_key
+from nnunetv2_uc.architectures.registry import network_entry
+from nnunetv2_uc.interop import CheckpointError, load_original
 from original_semantics import OriginalUC3DUNet, OriginalUXNet, perturb_
 
 
@@ -46,7 +47,7 @@ def test_default_configuration_maps_onto_every_original_key_with_its_shape(arch,
             expected[key] = tuple(json.loads(shape.replace("(", "[").replace(",)", "]").replace(")", "]")))
     model = cls(1, 5)
     params = dict(model.named_parameters())
-    mapped = {original_key(arch, n): tuple(p.shape) for n, p in params.items()}
+    mapped = {network_entry(arch).original.original_key(n): tuple(p.shape) for n, p in params.items()}
     assert mapped == expected
 
 
@@ -135,7 +136,7 @@ def test_import_weights_cli_writes_a_file_nnunet_can_fine_tune_from(tmp_path):
         assert all(torch.equal(loaded[k], source[k]) for k in transferred)
     # refuses to overwrite without --overwrite
     again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert again.returncode == 3 and "--overwrite" in again.stderr
 
 
 def test_import_weights_cli_reports_a_mismatching_checkpoint(tmp_path):

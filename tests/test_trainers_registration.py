@@ -102,7 +102,7 @@ def test_plans_override_refuses_to_clobber_without_force(plans_file, capsys):
     plans["configurations"]["3d_fullres_paper96"] = {"inherits_from": "3d_fullres", "patch_size": [64, 64, 64]}
     plans_file.write_text(json.dumps(plans))
     before = plans_file.read_bytes()
-    assert main(["plans-override", "901", "--preset", "3d_fullres_paper96"]) == 2
+    assert main(["plans-override", "901", "--preset", "3d_fullres_paper96"]) == 3
     assert "--force" in capsys.readouterr().err
     assert plans_file.read_bytes() == before
     assert main(["plans-override", "901", "--preset", "3d_fullres_paper96", "--force"]) == 0

@@ -12,27 +12,29 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
+from nnunetv2_uc.architectures.registry import NetworkEntry
 from nnunetv2_uc.trainers.patch_planning import GIB, PatchDecision
-from nnunetv2_uc.trainers.plans_preparation import NetworkSpec, prepare_plans
+from nnunetv2_uc.trainers.plans_preparation import prepare_plans, resolved_kwargs
 
 
-def build_from_plans(spec: NetworkSpec, configuration_manager: ConfigurationManager, num_input_channels: int,
+def build_from_plans(network: NetworkEntry, configuration_manager: ConfigurationManager, num_input_channels: int,
                      num_output_channels: int) -> nn.Module:
     """Build the network from the kwargs the trainer persisted in the plans configuration.
 
     Used by training and (through the static ``build_network_architecture``) by nnUNetv2_predict, so both
     build the identical network. PyTorch default init is kept (the networks have no ``initialize``).
     """
-    kwargs = spec.resolved_kwargs(configuration_manager.configuration)
-    return spec.network_class(num_input_channels, num_output_channels, deep_supervision=False, **kwargs)
+    kwargs = resolved_kwargs(network, configuration_manager.configuration)
+    return network.network_class(num_input_channels, num_output_channels, deep_supervision=False, **kwargs)
 
 
-def merge_network_kwargs(plans: dict, configuration: str, spec: NetworkSpec, kwargs: dict) -> None:
+def merge_network_kwargs(plans: dict, configuration: str, network: NetworkEntry, kwargs: dict) -> None:
     """Overlay ``kwargs`` on the network kwargs stored in a plans configuration (no-op if it is missing: the
     trainer then reports the missing configuration with the fix)."""
     config = plans.get("configurations", {}).get(configuration)
     if config is not None:
-        config[spec.kwargs_key] = {**config.get(spec.kwargs_key, {}), **kwargs}
+        key = network.legacy_kwargs_key
+        config[key] = {**config.get(key, {}), **kwargs}
 
 
 def _preprocessed_base(plans: dict) -> str | None:
@@ -49,14 +51,14 @@ class PaperNetworkTrainer(nnUNetTrainer):
     ``nnUNetTrainerV2_3DUXNet``). Everything else (loss, augmentation, sampling, validation) is nnU-Net's.
     """
 
-    spec: NetworkSpec  # set by the concrete trainers
+    registry_entry: NetworkEntry  # the network this trainer trains (set by the concrete trainers)
     optimizer_slots = 2  # AdamW keeps two state tensors per parameter (for the memory estimate)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         self.adjust_plans(plans, configuration, device)
         # runs before super().__init__ creates the results folder: a bad request leaves nothing behind
-        decision = prepare_plans(plans, configuration, fold, dataset_json, self.spec, self.optimizer_slots,
+        decision = prepare_plans(plans, configuration, fold, dataset_json, self.registry_entry, self.optimizer_slots,
                                  self.__class__.__name__, _preprocessed_base(plans))
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
@@ -83,9 +85,9 @@ class PaperNetworkTrainer(nnUNetTrainer):
             self.print_to_log_file(f"[nnunetv2_uc] {reason}")
         budget = "none (fixed patch)" if decision.budget_bytes is None else f"{decision.budget_bytes / GIB:.2f} GiB"
         self.print_to_log_file(
-            f"[nnunetv2_uc] {self.spec.name}: patch {list(decision.patch)} (planned {list(decision.planned)}), "
+            f"[nnunetv2_uc] {self.registry_entry.network_class.__name__}: patch {list(decision.patch)} (planned {list(decision.planned)}), "
             f"batch size {decision.batch_size}, estimated training memory {decision.estimate_bytes / GIB:.2f} GiB, "
-            f"budget {budget}; network kwargs {self.configuration_manager.configuration[self.spec.kwargs_key]}"
+            f"budget {budget}; network kwargs {self.configuration_manager.configuration[self.registry_entry.legacy_kwargs_key]}"
         )
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
@@ -121,7 +123,7 @@ class ActivationCheckpointingMixin:
     @classmethod
     def adjust_plans(cls, plans: dict, configuration: str, device: torch.device) -> None:
         super().adjust_plans(plans, configuration, device)
-        merge_network_kwargs(plans, configuration, cls.spec, {"activation_checkpointing": True})
+        merge_network_kwargs(plans, configuration, cls.registry_entry, {"activation_checkpointing": True})
 
 
 class TinyScheduleMixin:

@@ -90,7 +90,7 @@ class DemoScheduleMixin:
         config["batch_size"] = cls.demo_batch_size
         config[FIXED_PATCH_KEY] = True
         if device.type == "cpu" and cls.demo_cpu_network_kwargs:
-            merge_network_kwargs(plans, configuration, cls.spec, cls.demo_cpu_network_kwargs)
+            merge_network_kwargs(plans, configuration, cls.registry_entry, cls.demo_cpu_network_kwargs)
 
     def configure_recipe(self) -> None:
         super().configure_recipe()

@@ -12,7 +12,6 @@ CUDA scales both sides alike.
 """
 from __future__ import annotations
 
-import math
 import pydoc
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -20,10 +19,12 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from nnunetv2_uc.architectures import spatial_shape_problems
+from nnunetv2_uc.architectures.building_blocks.input_rules import InputRule
 
 GIB = 2 ** 30
-MIN_AXIS = 16  # both networks pool four times
+#: patches are planned in multiples of 16 on every axis: UX-Net needs it, and uC avoids its padding paths with it
+PATCH_RULE = InputRule(total_stride=16, every_axis_multiple=True)
+MIN_AXIS = PATCH_RULE.total_stride
 BYTES_FP32 = 4
 
 
@@ -175,7 +176,7 @@ def gpu_target_budget_bytes(configuration: dict, input_channels: int, num_classe
 def round_to_16(patch: Sequence[int]) -> tuple[int, ...]:
     """Each axis up to the next multiple of 16 (at least 16), so the patch still covers what nnU-Net planned
     (nnU-Net pads images smaller than the patch); the memory check may shrink it afterwards."""
-    return tuple(max(MIN_AXIS, math.ceil(s / MIN_AXIS) * MIN_AXIS) for s in patch)
+    return PATCH_RULE.round_up(patch)
 
 
 def _shrink_candidates(patch: tuple[int, ...], median_shape: Sequence[float]) -> list[tuple[int, ...]]:
@@ -189,7 +190,7 @@ def _shrink_candidates(patch: tuple[int, ...], median_shape: Sequence[float]) ->
         if patch[axis] - MIN_AXIS >= MIN_AXIS:
             smaller = list(patch)
             smaller[axis] -= MIN_AXIS
-            if not spatial_shape_problems(smaller, multiple_of_16=True):
+            if not PATCH_RULE.problems(smaller):
                 candidates.append(tuple(smaller))
     return candidates
 
@@ -207,7 +208,7 @@ def adapt_patch_size(planned: Sequence[int], median_shape: Sequence[float], batc
     if patch != planned:
         reasons.append(f"{network_name} needs every patch axis to be a multiple of 16: rounded {list(planned)} up "
                        f"to {list(patch)}")
-    problems = spatial_shape_problems(patch, multiple_of_16=True)
+    problems = PATCH_RULE.problems(patch)
     if problems:  # e.g. 16x16x16 leaves one voxel at 1/16; grow the largest axis
         axis = max(range(len(patch)), key=lambda a: median_shape[a])
         patch = tuple(s + MIN_AXIS if a == axis else s for a, s in enumerate(patch))

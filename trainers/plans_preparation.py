@@ -9,13 +9,16 @@ which is what ``nnUNetv2_predict`` and the validation read.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Callable
 
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
+from nnunetv2_uc.architectures.registry import NetworkEntry
 from nnunetv2_uc.trainers.patch_planning import (
-    GIB, PatchAdaptationError, PatchDecision, adapt_patch_size, PLANNER_GPU_TARGET_GB, NNUNET_REFERENCE_GB, gpu_target_budget_bytes, training_bytes_estimator,
+    GIB, NNUNET_REFERENCE_GB, PLANNER_GPU_TARGET_GB, PatchAdaptationError, PatchDecision, adapt_patch_size,
+    gpu_target_budget_bytes, training_bytes_estimator,
 )
 
 #: configuration keys this plugin reads (all optional)
@@ -25,24 +28,14 @@ GPU_TARGET_KEY = "uc_gpu_memory_target_gb"   # nnU-Net's -gpu_memory_target (def
 NUM_FOLDS = 5
 
 
-@dataclass(frozen=True)
-class NetworkSpec:
-    """Which network a trainer builds and where its constructor kwargs live in a plans configuration."""
+def resolved_kwargs(network: NetworkEntry, configuration: dict) -> dict[str, Any]:
+    """The network's defaults overlaid with what the configuration already stores (a preset or an earlier run)."""
+    return {**network.default_kwargs(), **configuration.get(network.legacy_kwargs_key, {})}
 
-    network_class: type[nn.Module]
-    kwargs_key: str
-    default_kwargs: dict[str, Any]
 
-    @property
-    def name(self) -> str:
-        return self.network_class.__name__
-
-    def resolved_kwargs(self, configuration: dict) -> dict[str, Any]:
-        """Defaults overlaid with what the configuration already stores (a preset or an earlier run)."""
-        return {**self.default_kwargs, **configuration.get(self.kwargs_key, {})}
-
-    def builder(self, kwargs: dict[str, Any], input_channels: int, num_classes: int) -> Callable[[], nn.Module]:
-        return lambda: self.network_class(input_channels, num_classes, deep_supervision=False, **kwargs)
+def network_builder(network: NetworkEntry, kwargs: dict[str, Any], input_channels: int, num_classes: int
+                    ) -> Callable[[], nn.Module]:
+    return lambda: network.network_class(input_channels, num_classes, deep_supervision=False, **kwargs)
 
 
 def _check_configuration(plans: dict, configuration: str, trainer_name: str) -> None:
@@ -71,15 +64,13 @@ def _check_folds(fold: int | str, dataset_json: dict, preprocessed_base: str | N
         )
 
 
-def _fixed_patch_decision(spec: NetworkSpec, config: dict, estimate: Callable, batch_size: int
+def _fixed_patch_decision(network: NetworkEntry, config: dict, estimate: Callable, batch_size: int
                           ) -> PatchDecision:
-    from nnunetv2_uc.architectures import spatial_shape_problems
-
     patch = tuple(int(s) for s in config["patch_size"])
-    problems = spatial_shape_problems(patch, multiple_of_16=spec.network_class.patch_multiple_of_16)
+    problems = network.input_problems(patch)
     if problems:
         raise PatchAdaptationError(
-            f"{spec.name}: the configuration sets {FIXED_PATCH_KEY}=true but its patch_size {list(patch)} is not "
+            f"{network.network_class.__name__}: the configuration sets {FIXED_PATCH_KEY}=true but its patch_size {list(patch)} is not "
             f"valid: {'; '.join(problems)}. Fix patch_size in the plans (multiples of 16)"
         )
     return PatchDecision(patch, patch, batch_size, estimate(patch), None,
@@ -93,12 +84,10 @@ def _gpu_target_gb(plans: dict, config: dict) -> float:
     return PLANNER_GPU_TARGET_GB.get(plans.get("experiment_planner_used", ""), NNUNET_REFERENCE_GB)
 
 
-def prepare_plans(plans: dict, configuration: str, fold: int | str, dataset_json: dict, spec: NetworkSpec,
+def prepare_plans(plans: dict, configuration: str, fold: int | str, dataset_json: dict, network: NetworkEntry,
                   optimizer_slots: int, trainer_name: str, preprocessed_base: str | None) -> PatchDecision:
     """Validate the request and write the network's patch size and kwargs into ``plans`` (in place)."""
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
+    name = network.network_class.__name__
     _check_configuration(plans, configuration, trainer_name)
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration)
@@ -106,32 +95,33 @@ def prepare_plans(plans: dict, configuration: str, fold: int | str, dataset_json
     if len(config["patch_size"]) != 3:
         raise ValueError(
             f"{trainer_name}: configuration {configuration!r} is {len(config['patch_size'])}-D (patch "
-            f"{config['patch_size']}); {spec.name} is a 3-D network. Use 3d_fullres (or another 3-D configuration)"
+            f"{config['patch_size']}); {name} is a 3-D network. Use 3d_fullres (or another 3-D configuration)"
         )
     _check_folds(fold, dataset_json, preprocessed_base, trainer_name)
 
-    kwargs = spec.resolved_kwargs(config)
+    kwargs = resolved_kwargs(network, config)
     input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
     num_classes = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     batch_size = int(config["batch_size"])
     try:
-        estimate = training_bytes_estimator(spec.builder(kwargs, input_channels, num_classes), input_channels,
+        estimate = training_bytes_estimator(network_builder(network, kwargs, input_channels, num_classes),
+                                            input_channels,
                                             batch_size, optimizer_slots)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{trainer_name}: invalid {spec.kwargs_key} {kwargs} in configuration "
+        raise ValueError(f"{trainer_name}: invalid {network.legacy_kwargs_key} {kwargs} in configuration "
                          f"{configuration!r}: {e}") from e
 
     if config.get(FIXED_PATCH_KEY, False):
-        decision = _fixed_patch_decision(spec, config, estimate, batch_size)
+        decision = _fixed_patch_decision(network, config, estimate, batch_size)
     else:
         if config.get(BUDGET_KEY) is not None:
             budget = int(float(config[BUDGET_KEY]) * GIB)
         else:
             budget = gpu_target_budget_bytes(config, input_channels, num_classes, _gpu_target_gb(plans, config))
         decision = adapt_patch_size(config["patch_size"], config.get("median_image_size_in_voxels", config["patch_size"]),
-                                    batch_size, estimate, budget, spec.name)
+                                    batch_size, estimate, budget, name)
 
     own = plans["configurations"][configuration]
     own["patch_size"] = list(decision.patch)
-    own[spec.kwargs_key] = kwargs
+    own[network.legacy_kwargs_key] = kwargs
     return decision

@@ -5,29 +5,25 @@ from torch import nn
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunetv2_uc.architectures import UC3DUNet
+from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.trainers.base import (
     ActivationCheckpointingMixin, PaperNetworkTrainer, SGDRecipeMixin, TinyScheduleMixin, build_from_plans,
 )
-from nnunetv2_uc.trainers.plans_preparation import NetworkSpec
 
-#: slice_axis "first": the uC 2-D U-Nets run on planes of spatial axes (1, 2). nnU-Net transposes images so
-#: that axis 0 is the out-of-plane (largest-spacing) axis, so these are the in-plane slices.
-UC_SPEC = NetworkSpec(UC3DUNet, "uc3dunet_kwargs",
-                      {"features": [24, 48, 96, 192, 384, 32], "uc_levels": [0, 1, 2], "slice_axis": "first"})
+UC_NETWORK = network_entry("uc3dunet")
 
 
 class nnUNetTrainerUC(PaperNetworkTrainer):
     """uC 3DU-Net (paper configuration) in nnU-Net; AdamW + poly LR recipe."""
 
-    spec = UC_SPEC
+    registry_entry = UC_NETWORK
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         """Build from the plans only (called on the class by nnUNetv2_predict); DS is never enabled."""
-        return build_from_plans(UC_SPEC, configuration_manager, num_input_channels, num_output_channels)
+        return build_from_plans(UC_NETWORK, configuration_manager, num_input_channels, num_output_channels)
 
 
 class nnUNetTrainerUC_SGD(SGDRecipeMixin, nnUNetTrainerUC):

@@ -1,0 +1,131 @@
+"""The networks the project knows, one entry each; trainers, planning, cost, bench, interop and the demo read it.
+
+Facts about a network live on its class (constructor defaults, ``input_rule``, ``checkpoint_segments``) and in its
+own file (the blocks, ``ORIGINAL_CHECKPOINT``); an entry here only ties them to a name. Adding a network means its
+file plus one entry in ``NETWORKS``. nnU-Net's own networks are entries too (``reference=True``): cost and bench
+compare against them, built with the topology nnU-Net's planners pick for a patch.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+from torch import nn
+
+from nnunetv2_uc.architectures.original_checkpoints import OriginalCheckpoint
+from nnunetv2_uc.architectures import uc3dunet, uxnet
+
+#: (input_channels, num_classes, patch, activation_checkpointing) -> network, for cost and bench
+PatchBuilder = Callable[[int, int, Sequence[int], bool], nn.Module]
+
+#: constructor arguments every network takes that are not configuration
+_DATA_ARGUMENTS = ("self", "input_channels", "num_classes", "deep_supervision")
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    """One network: its class, how cost/bench build it for a patch, and how nnU-Net and the plugin reach it."""
+
+    name: str
+    network_class: type[nn.Module]
+    summary: str
+    build_for_patch: PatchBuilder
+    trainer: str | None = None
+    legacy_kwargs_key: str | None = None
+    original: OriginalCheckpoint | None = None
+    reference: bool = False
+
+    @property
+    def import_path(self) -> str:
+        """What a plans file's ``network_class_name`` holds (nnU-Net resolves it with pydoc.locate)."""
+        return f"{self.network_class.__module__}.{self.network_class.__qualname__}"
+
+    def default_kwargs(self) -> dict:
+        """The constructor's configuration defaults (the paper configuration for the paper networks)."""
+        parameters = inspect.signature(self.network_class.__init__).parameters.values()
+        return {p.name: _plain(p.default) for p in parameters
+                if p.name not in _DATA_ARGUMENTS and p.default is not inspect.Parameter.empty}
+
+    @property
+    def supports_checkpointing(self) -> bool:
+        return "activation_checkpointing" in inspect.signature(self.network_class.__init__).parameters
+
+    def input_problems(self, spatial: Sequence[int]) -> list[str]:
+        """Why the network cannot take this spatial size (empty if it can, or if the class states no rule)."""
+        rule = getattr(self.network_class, "input_rule", None)
+        return rule.problems(spatial) if rule is not None else []
+
+
+def _plain(value):
+    """Tuples as lists, so defaults compare equal to what a plans JSON file holds."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _paper_network(network_class: type[nn.Module]) -> PatchBuilder:
+    def build(input_channels: int, num_classes: int, patch: Sequence[int], checkpointing: bool) -> nn.Module:
+        return network_class(input_channels, num_classes, activation_checkpointing=checkpointing)
+    return build
+
+
+def nnunet_topology(patch: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
+    """What nnU-Net's planners pick for this patch: stages, kernel sizes, strides, widths (32 .. 320)."""
+    _, strides, kernels, _, _ = get_pool_and_conv_props(list(spacing), list(patch), 4, 999999)
+    n_stages = len(kernels)
+    return {
+        "n_stages": n_stages,
+        "features_per_stage": [min(320, 32 * 2 ** i) for i in range(n_stages)],
+        "kernel_sizes": [list(k) for k in kernels],
+        "strides": [list(s) for s in strides],
+    }
+
+
+RESENC_M_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnUNetPlannerResEncM's encoder blocks per stage
+
+
+def _nnunet_network(residual: bool) -> PatchBuilder:
+    def build(input_channels: int, num_classes: int, patch: Sequence[int], checkpointing: bool) -> nn.Module:
+        if checkpointing:
+            raise ValueError("nnU-Net's networks have no activation checkpointing option")
+        topology = nnunet_topology(patch)
+        n = topology["n_stages"]
+        common = dict(conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                      nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+        args = (input_channels, n, topology["features_per_stage"], nn.Conv3d, topology["kernel_sizes"],
+                topology["strides"])
+        if residual:
+            return ResidualEncoderUNet(*args, list(RESENC_M_BLOCKS[:n]), num_classes, [1] * (n - 1), **common)
+        return PlainConvUNet(*args, [2] * n, num_classes, [2] * (n - 1), **common)
+    return build
+
+
+NETWORKS: dict[str, NetworkEntry] = {entry.name: entry for entry in (
+    NetworkEntry("uxnet", uxnet.UXNet, "3D UX-Net (ICLR 2023), paper configuration", _paper_network(uxnet.UXNet),
+                 trainer="nnUNetTrainerUXNet", legacy_kwargs_key="uxnet_kwargs", original=uxnet.ORIGINAL_CHECKPOINT),
+    NetworkEntry("uc3dunet", uc3dunet.UC3DUNet, "uC 3DU-Net (NeurIPS 2024), paper configuration",
+                 _paper_network(uc3dunet.UC3DUNet), trainer="nnUNetTrainerUC", legacy_kwargs_key="uc3dunet_kwargs",
+                 original=uc3dunet.ORIGINAL_CHECKPOINT),
+    NetworkEntry("plainunet", PlainConvUNet, "nnU-Net's default U-Net (PlainConvUNet) as planned for the patch",
+                 _nnunet_network(residual=False), reference=True),
+    NetworkEntry("resenc_m", ResidualEncoderUNet, "nnU-Net's ResEnc M U-Net as planned for the patch",
+                 _nnunet_network(residual=True), reference=True),
+)}
+
+
+def network_entry(name: str) -> NetworkEntry:
+    """The entry called ``name``; an unknown name is a ValueError that lists the known ones."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose from {', '.join(NETWORKS)}")
+    return NETWORKS[name]
+
+
+def entry_for_class(network_class: type) -> NetworkEntry | None:
+    """The entry of a network class (None for a class the registry does not know)."""
+    return next((e for e in NETWORKS.values() if e.network_class is network_class), None)
+
+
+def original_networks() -> list[str]:
+    """Names of the networks that reproduce an original implementation (their checkpoints load)."""
+    return [name for name, entry in NETWORKS.items() if entry.original is not None]
