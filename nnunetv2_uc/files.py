@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 
 @contextmanager
 def _temporary_next_to(path: Path) -> Iterator[Path]:
@@ -44,6 +42,10 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int = 4) -> No
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` atomically."""
+    # imported here: torch takes seconds to import, and convert, synth and evaluate write through this module
+    # without needing it
+    import torch
+
     with _temporary_next_to(Path(path)) as temporary:
         torch.save(obj, temporary)
 

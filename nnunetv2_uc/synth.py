@@ -10,21 +10,24 @@ real work. Held-out test cases go to imagesTs with their labels in labelsTs.
 
 The output is deterministic for a seed: case i is drawn from its own random stream, so the same
 case is identical whatever --cases is. The dataset is written into a temporary folder and moved
-into place at the end; an existing dataset with the same ID is never touched without --overwrite.
+into place at the end (:mod:`nnunetv2_uc.raw_dataset`, as ``convert`` does): an existing dataset of the same
+folder is replaced only with --overwrite, and an ID used by another dataset name is refused.
 
 Example:
     nnunetv2_uc synth --dataset-id 990 --cases 24 --test-cases 6 --seed 0
 """
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+from scipy.ndimage import gaussian_filter
+
+from nnunetv2_uc.errors import UserError
+from nnunetv2_uc.raw_dataset import FILE_ENDING, RawDatasetTarget, write_dataset_json
 
 LABELS: dict[str, int] = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
 # tissue classes of the (unlabelled) anatomy, returned with every case for inspection and tests
@@ -39,7 +42,6 @@ INPLANE_SPACING_MM: tuple[float, float] = (0.7, 0.9)
 SLICES: tuple[int, int] = (24, 40)
 INPLANE_VOXELS: tuple[int, int] = (96, 128)
 DEFAULT_NAME = "SyntheticCT"
-FILE_ENDING = ".nii.gz"
 
 
 @dataclass
@@ -186,8 +188,6 @@ def _paint_organs(rng: np.random.Generator, coords: tuple[np.ndarray, ...], tiss
 def _intensities(rng: np.random.Generator, coords: tuple[np.ndarray, ...], tissue: np.ndarray,
                  label: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     """HU image: tissue and organ means with texture, partial-volume blur, smooth bias and noise."""
-    from scipy.ndimage import gaussian_filter
-
     hu = np.full(tissue.shape, TISSUE_HU["air"], dtype=np.float32)
     hu[tissue == TISSUES["fat"]] = TISSUE_HU["fat"] + rng.uniform(-10, 10)
     hu[tissue == TISSUES["soft_tissue"]] = TISSUE_HU["soft_tissue"] + rng.uniform(-8, 8)
@@ -221,13 +221,7 @@ def synthesize_case(seed: int, index: int, held_out: bool = False) -> SyntheticC
 
 # ----------------------------------------------------------------------------- writing
 
-def dataset_folder_name(dataset_id: int, name: str = DEFAULT_NAME) -> str:
-    return f"Dataset{dataset_id:03d}_{name}"
-
-
 def _write_nifti(array: np.ndarray, spacing_zyx: tuple[float, float, float], path: Path) -> None:
-    import SimpleITK as sitk
-
     img = sitk.GetImageFromArray(array)
     img.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
     img.SetOrigin(tuple(-(n - 1) / 2.0 * s for n, s in zip(reversed(array.shape), reversed(spacing_zyx))))
@@ -239,87 +233,34 @@ def _write_case(case: SyntheticCase, case_id: str, root: Path, images: str, labe
     _write_nifti(case.label, case.spacing_zyx, root / labels / f"{case_id}{FILE_ENDING}")
 
 
-def _write_dataset_json(root: Path, name: str, n_train: int, n_test: int, seed: int) -> None:
-    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-
-    generate_dataset_json(
-        str(root), channel_names={0: "CT"}, labels=LABELS, num_training_cases=n_train,
-        file_ending=FILE_ENDING, dataset_name=name,
-        description=("Synthetic abdominal CT phantoms (HU) with four organ-like structures, written by "
-                     "`nnunetv2_uc synth`. Anisotropic, per-case spacing. Test cases with labels in "
-                     "imagesTs/labelsTs."),
-        reference="nnunetv2-uc synthetic generator", license="CC0-1.0 (synthetic, no patient data)",
-        converted_by="nnunetv2_uc synth", synthetic_seed=seed, numTest=n_test,
-    )
-
-
-def existing_datasets(raw_root: Path, dataset_id: int) -> list[Path]:
-    """Folders in ``raw_root`` that already use ``dataset_id`` (nnU-Net requires IDs to be unique)."""
-    if not raw_root.is_dir():
-        return []
-    return sorted(p for p in raw_root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir())
-
-
 def generate_dataset(raw_root: str | os.PathLike, dataset_id: int, n_cases: int = 24, n_test: int = 6,
-                     seed: int = 0, name: str = DEFAULT_NAME, overwrite: bool = False) -> Path:
+                     seed: int = 0, name: str = DEFAULT_NAME, overwrite: bool = False,
+                     preprocessed_root: str | os.PathLike | None = None) -> Path:
     """Write Dataset<ID>_<name> into ``raw_root`` atomically and return its path.
 
-    Raises FileExistsError if a dataset with this ID exists and ``overwrite`` is False.
+    Raises ``OverwriteRefused`` if that folder exists and ``overwrite`` is False (it is left untouched), and
+    ``UserError`` for a bad id, name or case count, or an id already used by another dataset name in ``raw_root``
+    or ``preprocessed_root``.
     """
-    if not 1 <= dataset_id <= 999:
-        raise ValueError(f"dataset id must be in 1..999, got {dataset_id}")
     if n_cases < 1 or n_test < 0:
-        raise ValueError(f"need --cases >= 1 and --test-cases >= 0, got {n_cases} and {n_test}")
-    if "_" in name or not name.isidentifier():
-        raise ValueError(f"dataset name must be alphanumeric without underscores, got {name!r}")
-    raw_root = Path(raw_root)
-    clashes = existing_datasets(raw_root, dataset_id)
-    if clashes and not overwrite:
-        raise FileExistsError(f"{clashes[0]} already exists; pick another --dataset-id or pass --overwrite")
-    raw_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_folder_name(dataset_id, name)}.", dir=raw_root))
-    try:
+        raise UserError(f"need --cases >= 1 and --test-cases >= 0, got {n_cases} and {n_test}")
+    target = RawDatasetTarget(Path(raw_root), dataset_id, name,
+                              Path(preprocessed_root) if preprocessed_root is not None else None)
+    target.check(overwrite)
+    with target.writing() as work_dir:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            (tmp / sub).mkdir()
+            (work_dir / sub).mkdir()
         for i in range(n_cases):
-            _write_case(synthesize_case(seed, i), f"synth_{i:03d}", tmp, "imagesTr", "labelsTr")
+            _write_case(synthesize_case(seed, i), f"synth_{i:03d}", work_dir, "imagesTr", "labelsTr")
         for i in range(n_test):
-            _write_case(synthesize_case(seed, i, held_out=True), f"synthtest_{i:03d}", tmp, "imagesTs", "labelsTs")
-        _write_dataset_json(tmp, name, n_cases, n_test, seed)
-        for old in clashes:
-            shutil.rmtree(old)
-        target = raw_root / dataset_folder_name(dataset_id, name)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset ID (1-999)")
-    parser.add_argument("--cases", type=int, default=24, help="training cases in imagesTr/labelsTr (default 24)")
-    parser.add_argument("--test-cases", type=int, default=6,
-                        help="held-out cases in imagesTs/labelsTs (default 6)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data (default 0)")
-    parser.add_argument("--name", default=DEFAULT_NAME, help=f"dataset name (default {DEFAULT_NAME})")
-    parser.add_argument("--raw-dir", default=None,
-                        help="nnU-Net raw folder to write into (default: $nnUNet_raw)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this ID")
-
-
-def run(args: argparse.Namespace) -> int:
-    raw = args.raw_dir or os.environ.get("nnUNet_raw")
-    if not raw:
-        print("synth: no output folder; set nnUNet_raw (e.g. `export nnUNet_raw=$PWD/nnUNet_raw`) or pass --raw-dir")
-        return 2
-    try:
-        path = generate_dataset(raw, args.dataset_id, args.cases, args.test_cases, args.seed, args.name,
-                                args.overwrite)
-    except (FileExistsError, ValueError) as err:
-        print(f"synth: {err}")
-        return 1
-    print(f"synth: wrote {args.cases} training + {args.test_cases} test cases to {path}")
-    return 0
+            _write_case(synthesize_case(seed, i, held_out=True), f"synthtest_{i:03d}", work_dir, "imagesTs",
+                        "labelsTs")
+        write_dataset_json(
+            work_dir, channel_names={0: "CT"}, labels=LABELS, num_training_cases=n_cases, dataset_name=name,
+            description=("Synthetic abdominal CT phantoms (HU) with four organ-like structures, written by "
+                         "`nnunetv2_uc synth`. Anisotropic, per-case spacing. Test cases with labels in "
+                         "imagesTs/labelsTs."),
+            reference="nnunetv2-uc synthetic generator", licence="CC0-1.0 (synthetic, no patient data)",
+            converted_by="nnunetv2_uc synth", synthetic_seed=seed, numTest=n_test,
+        )
+    return target.path

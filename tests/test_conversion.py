@@ -109,7 +109,7 @@ def test_uc_layout_pairs_prefixes_collisions_and_keeps_original_test_grid(tmp_pa
 
 def test_uc_layout_without_labels_infers_ids_and_requires_a_channel_name(tmp_path, nnunet_env, capsys):
     fake.make_uc_layout(tmp_path / "uc")
-    assert convert("uc-layout", "--input", str(tmp_path / "uc")) == 1
+    assert convert("uc-layout", "--input", str(tmp_path / "uc")) == 2
     assert "--channel-name" in capsys.readouterr().err
     assert convert("uc-layout", "--input", str(tmp_path / "uc"), "--channel-name", "CT", "--split", "none") == 0
     dataset_json = json.loads((nnunet_env["nnUNet_raw"] / "Dataset506_UCLayout" / "dataset.json").read_text())

@@ -84,7 +84,7 @@ def test_oimhs_splits_maps_colours_and_stacks_bscans_numerically(tmp_path, nnune
 
 def test_oimhs_unknown_colour_is_rejected_with_file_and_count_unless_tolerated(tmp_path, nnunet_env, capsys):
     fake.make_oimhs(tmp_path / "OIMHS", stray_pixel=True)
-    assert convert("oimhs", "--input", str(tmp_path / "OIMHS")) == 1
+    assert convert("oimhs", "--input", str(tmp_path / "OIMHS")) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'OIMHS' / 'Images' / '3' / '2.png'}: 1 mask pixel(s) of unknown colour" in err
     assert not list(nnunet_env["nnUNet_raw"].iterdir())

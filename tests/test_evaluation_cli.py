@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_uc.cli import SUBCOMMANDS
+from nnunetv2_uc.cli import SUBCOMMANDS, main
 from nnunetv2_uc.evaluation import evaluate_folders
 from nnunetv2_uc.cli import evaluate as evaluate_cli
 
@@ -55,12 +55,9 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def run_cli(*arguments: str) -> int:
-    """The `evaluate` subcommand, parsed the way nnunetv2_uc.cli builds it (other subcommands not imported)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="nnunetv2_uc evaluate")
-    evaluate_cli.add_arguments(parser)
-    return evaluate_cli.run(parser.parse_args([str(a) for a in arguments]))
+    """`nnunetv2_uc evaluate ...` in-process (nnunetv2_uc.cli imports only the evaluate subcommand's module); user
+    errors come back as exit codes, their messages on stderr."""
+    return main(["evaluate", *(str(a) for a in arguments)])
 
 
 def test_subcommand_is_registered():
@@ -193,6 +190,39 @@ def test_two_dimensional_png_cases(tmp_path):
     written = write_plots(result, str(tmp_path / "plots"))
     assert [os.path.basename(p) for p in written] == ["boxplot_dice_hd95.png", "img_overlay.png"]
     assert os.path.getsize(written[1]) > 5000
+
+
+def test_image_overlay_shows_ct_with_reference_and_prediction_on_the_most_foreground_slice(tmp_path):
+    """The demo's picture: CT in a soft-tissue window, reference | prediction side by side, legend."""
+    import matplotlib.image
+
+    from nnunetv2_uc.evaluation.plots import (LABEL_ALPHA, SOFT_TISSUE_WINDOW_HU, label_colours,
+                                              most_foreground_slice, write_image_overlay)
+
+    gt = reference_labels()
+    gt[9, 2:22, 2:26] = 2  # slice 9 now has the most foreground
+    assert most_foreground_slice(gt) == 9
+    ct = np.full(SHAPE, 40, np.int16)  # soft tissue: mid-grey in the window ...
+    ct[:, 0, 0], ct[:, 0, 1] = -1000, 1000  # ... which air and bone clipped to the window stretch to black..white
+    files = {}
+    for name, array in (("ct", ct), ("gt", gt), ("pred", np.zeros(SHAPE, np.uint8))):
+        files[name] = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(files[name]))
+    out = tmp_path / "case_007.png"
+    write_image_overlay(files["ct"], files["gt"], files["pred"], {1: "liver", 2: "spleen", 3: "tumour"}, out)
+
+    picture = matplotlib.image.imread(out)[..., :3]
+    assert picture.shape == (280, 512, 3)  # 6.4 x 3.5 inches at 80 dpi
+    grey = (40 - SOFT_TISSUE_WINDOW_HU[0]) / (SOFT_TISSUE_WINDOW_HU[1] - SOFT_TISSUE_WINDOW_HU[0])
+    spleen = (1 - LABEL_ALPHA) * grey + LABEL_ALPHA * np.array(label_colours([1, 2, 3])[2][:3])
+    panels = picture[30:250]  # below the titles, above the legend
+    left, right = panels[:, :256], panels[:, 256:]
+    assert (np.abs(left - spleen).max(axis=-1) < 0.02).sum() > 25000  # slice 9: the spleen block fills most of it
+    assert (np.abs(right - grey).max(axis=-1) < 0.02).sum() > 1000  # empty prediction: plain CT
+    assert (np.abs(right - spleen).max(axis=-1) < 0.02).sum() == 0
+    legend = picture[255:]
+    for colour in label_colours([1, 2, 3]).values():
+        assert (np.abs(legend - np.array(colour[:3])).max(axis=-1) < 0.02).sum() > 20
 
 
 def test_nnunet_results_mode_pools_folds(folders, tmp_path, monkeypatch, capsys):

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from nnunetv2_uc import synth
 from nnunetv2_uc.cli import main
+from nnunetv2_uc.errors import OverwriteRefused, UserError
 
 
 @pytest.fixture(scope="module")
@@ -97,24 +98,49 @@ def test_nnunet_integrity_check_passes(small_dataset: Path) -> None:
     verify_dataset_integrity(str(small_dataset), num_processes=1)
 
 
-def test_refuses_to_overwrite_without_flag(tmp_path: Path) -> None:
+def test_same_folder_replaced_only_with_overwrite_and_id_of_another_name_refused(tmp_path: Path) -> None:
     first = synth.generate_dataset(tmp_path, 982, n_cases=1, n_test=0, seed=1)
     marker = first / "imagesTr" / "synth_000_0000.nii.gz"
-    before = marker.stat().st_mtime_ns
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        synth.generate_dataset(tmp_path, 982, n_cases=1, n_test=0, seed=2, name="Other")
-    assert marker.stat().st_mtime_ns == before
-    replaced = synth.generate_dataset(tmp_path, 982, n_cases=1, n_test=0, seed=2, name="Other", overwrite=True)
-    assert not first.exists() and replaced.name == "Dataset982_Other"
+    before = marker.read_bytes()
+    with pytest.raises(OverwriteRefused, match="--overwrite"):
+        synth.generate_dataset(tmp_path, 982, n_cases=1, n_test=0, seed=2)
+    assert marker.read_bytes() == before
+    for overwrite in (False, True):  # the id belongs to Dataset982_SyntheticCT: another name is refused either way
+        with pytest.raises(UserError, match="dataset id 982 is already used by") as error:
+            synth.generate_dataset(tmp_path, 982, n_cases=1, n_test=0, seed=2, name="Other", overwrite=overwrite)
+        assert not isinstance(error.value, OverwriteRefused)
+    assert marker.read_bytes() == before and not (tmp_path / "Dataset982_Other").exists()
+    replaced = synth.generate_dataset(tmp_path, 982, n_cases=1, n_test=0, seed=2, overwrite=True)
+    assert replaced == first and marker.read_bytes() != before
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(marker))), synth.synthesize_case(2, 0).image)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset982_SyntheticCT"]  # no temporary folder left
 
 
-def test_cli_writes_to_nnunet_raw_and_reports_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_id_used_in_nnunet_preprocessed_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "preprocessed" / "Dataset984_Planned").mkdir(parents=True)
+    with pytest.raises(UserError, match="Dataset984_Planned"):
+        synth.generate_dataset(tmp_path / "raw", 984, n_cases=1, n_test=0, preprocessed_root=tmp_path / "preprocessed")
+    assert not (tmp_path / "raw").exists() or not list((tmp_path / "raw").iterdir())
+
+
+def test_cli_writes_to_nnunet_raw_and_reports_errors_on_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
     monkeypatch.delenv("nnUNet_raw", raising=False)
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
     assert main(["synth", "--dataset-id", "983", "--cases", "1", "--test-cases", "1"]) == 2
-    assert "nnUNet_raw" in capsys.readouterr().out
+    assert "nnunetv2_uc synth: error: no output folder; set nnUNet_raw" in capsys.readouterr().err
     monkeypatch.setenv("nnUNet_raw", str(tmp_path))
     assert main(["synth", "--dataset-id", "983", "--cases", "1", "--test-cases", "1", "--seed", "4"]) == 0
     assert (tmp_path / "Dataset983_SyntheticCT" / "labelsTs" / "synthtest_000.nii.gz").is_file()
-    assert main(["synth", "--dataset-id", "983", "--cases", "1"]) == 1
-    assert "already exists" in capsys.readouterr().out
+    assert main(["synth", "--dataset-id", "983", "--cases", "1"]) == 3
+    captured = capsys.readouterr()
+    assert "already exists; pass --overwrite" in captured.err and "error" not in captured.out
+    assert main(["synth", "--dataset-id", "983", "--cases", "1", "--name", "Other"]) == 2
+    assert "dataset id 983 is already used by" in capsys.readouterr().err
+    assert main(["synth", "--dataset-id", "1000", "--cases", "1"]) == 2
+    assert "outside nnU-Net's range 1..999" in capsys.readouterr().err
+    assert main(["synth", "--dataset-id", "985", "--name", "bad name", "--cases", "1"]) == 2
+    assert "letters, digits, '_' and '-' only" in capsys.readouterr().err
+    assert main(["synth", "--dataset-id", "985", "--cases", "0"]) == 2
+    assert "--cases >= 1" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset983_SyntheticCT"]

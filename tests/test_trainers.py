@@ -105,7 +105,7 @@ def test_trainer_adapts_and_persists_patch_and_kwargs(cls, nnunet_dirs):
     assert trainer.configuration_manager.patch_size == [16, 32, 32]
     saved = trainer.plans_manager.plans["configurations"]["3d_fullres"]  # what on_train_start writes to plans.json
     assert saved["patch_size"] == [16, 32, 32]
-    assert saved[cls.spec.kwargs_key] == cls.spec.default_kwargs
+    assert saved[cls.registry_entry.legacy_kwargs_key] == cls.registry_entry.default_kwargs()
     assert trainer.enable_deep_supervision is False
     assert trainer._get_deep_supervision_scales() is None
     assert trainer.patch_decision.planned == (12, 28, 28)
@@ -176,7 +176,7 @@ def test_checkpointed_variant_needs_less_shrinking_and_persists_the_option(plain
     assert np.prod(large.patch) > np.prod(small.patch)  # ... the checkpointed one keeps more of it
     assert large.estimate_bytes <= large.budget_bytes
     trainer = decisions[checkpointed]
-    saved = trainer.plans_manager.plans["configurations"]["3d_fullres"][checkpointed.spec.kwargs_key]
+    saved = trainer.plans_manager.plans["configurations"]["3d_fullres"][checkpointed.registry_entry.legacy_kwargs_key]
     assert saved["activation_checkpointing"] is True
     net = checkpointed.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 3, False)
     assert net.activation_checkpointing is True  # nnUNetv2_predict builds it the same way (inactive in eval)
@@ -228,7 +228,7 @@ def _build(cls, patch=(16, 32, 32)):
     plans = tiny_plans()
     cfg = plans["configurations"]["3d_fullres"]
     cfg["patch_size"] = list(patch)
-    cfg[cls.spec.kwargs_key] = cls.spec.default_kwargs
+    cfg[cls.registry_entry.legacy_kwargs_key] = cls.registry_entry.default_kwargs()
     pm = PlansManager(plans)
     return cls.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 3, True)
 

@@ -4,26 +4,102 @@ Writes $nnUNet_raw/DatasetNNN_Name/ (imagesTr, labelsTr, imagesTs, labelsTs wher
 dataset.json, and for --split paper a splits_final.json, also placed into $nnUNet_preprocessed/DatasetNNN_Name/
 when that variable is set. Nothing is written unless every case converts; an existing dataset is replaced
 only with --overwrite. Run `nnunetv2_uc convert DATASET --help` for each dataset's layout and options.
+Exit codes: 0 success, 2 bad input (every problem listed), 3 the dataset exists (pass --overwrite).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable
 
-# sub-subcommand -> module with DEFAULT_ID, DEFAULT_NAME, add_arguments(parser) and build_plan(args)
-DATASETS: dict[str, str] = {
-    "flare2021": "nnunetv2_uc.conversion.flare2021",
-    "oimhs": "nnunetv2_uc.conversion.oimhs",
-    "feta2021": "nnunetv2_uc.conversion.feta2021",
-    "abdomenct1k": "nnunetv2_uc.conversion.abdomenct1k",
-    "btcv": "nnunetv2_uc.conversion.btcv",
-    "uc-layout": "nnunetv2_uc.conversion.uc_layout",
+from nnunetv2_uc.conversion import abdomenct1k, btcv, feta2021, flare2021, oimhs, uc_layout
+from nnunetv2_uc.conversion.pipeline import ConversionResult, DatasetPlan, run_conversion
+from nnunetv2_uc.errors import UserError
+
+
+def _no_options(parser: argparse.ArgumentParser) -> None:
+    """FLARE2021 needs no options beyond the common ones."""
+
+
+def _holdout_fraction_option(parser: argparse.ArgumentParser, held_out: str) -> None:
+    parser.add_argument("--holdout-fraction", type=float, default=0.0,
+                        help=f"with --split paper, a seeded (12345) fraction of the {held_out} held out to "
+                             "imagesTs/labelsTs, e.g. 0.2 (default: %(default)s = none)")
+
+
+def _oimhs_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spacing", type=float, nargs=3, default=oimhs.NOMINAL_SPACING, metavar=("X", "Y", "Z"),
+                        help="voxel spacing in mm: X along a B-scan row, Y along depth (rows), Z between B-scans "
+                             "(default: nominal 1 1 1, the release gives none)")
+    parser.add_argument("--label-scheme", choices=tuple(oimhs.LABEL_SCHEMES), default="uc",
+                        help="label ids: uc = hole 1, edema 2, choroid 3, retina 4; torch-em = choroid 1, "
+                             "retina 2, edema 3, hole 4 (default: %(default)s)")
+    parser.add_argument("--max-unknown-colour-pixels", type=int, default=0, metavar="N",
+                        help="per B-scan, mask pixels of no known colour tolerated (set to background) before "
+                             "the conversion is refused (default: %(default)s)")
+    parser.add_argument("--patient-map", metavar="FILE",
+                        help="CSV/TSV/XLSX with an 'Eye ID' and a 'Patient' column for patient-grouped folds "
+                             "(default: the release's *Demographics*.xlsx if readable)")
+    _holdout_fraction_option(parser, "patients")
+
+
+def _feta2021_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sub011", choices=feta2021.SUB011_CHOICES, default="pool",
+                        help="sub-011 (UX-Net's orphan FeTA_010): put it into the training pool, or leave it out "
+                             "of the dataset (default: %(default)s)")
+
+
+def _abdomenct1k_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--masks", metavar="DIR", help="mask folder if it is not <input>/Mask")
+    parser.add_argument("--unlabelled", choices=abdomenct1k.UNLABELLED_CHOICES, default="skip",
+                        help="images without a mask: skip them (counted) or copy them to imagesTs "
+                             "(default: %(default)s)")
+    _holdout_fraction_option(parser, "labelled cases")
+
+
+def _btcv_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", choices=btcv.PROTOCOLS, default="monai",
+                        help="which published split --split paper writes (default: %(default)s)")
+
+
+def _uc_layout_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--like", choices=tuple(uc_layout.LIKE),
+                        help="take labels and channel name from this dataset")
+    parser.add_argument("--labels", metavar="JSON", help='label names -> ids, e.g. \'{"background": 0, "liver": 1}\' '
+                                                         "or a .json file")
+    parser.add_argument("--channel-name", metavar="NAME",
+                        help="channel name written to dataset.json: CT (CT normalisation), or e.g. T2/OCT (z-score)")
+
+
+@dataclass(frozen=True)
+class Converter:
+    """A dataset's library module (DEFAULT_ID, DEFAULT_NAME, build_plan), its own options and their mapping to
+    build_plan's keyword arguments."""
+
+    module: ModuleType
+    add_options: Callable[[argparse.ArgumentParser], None]
+    keyword_arguments: Callable[[argparse.Namespace], dict[str, Any]]
+
+
+DATASETS: dict[str, Converter] = {
+    "flare2021": Converter(flare2021, _no_options, lambda args: {}),
+    "oimhs": Converter(oimhs, _oimhs_options, lambda args: dict(
+        spacing=tuple(args.spacing), label_scheme=args.label_scheme,
+        max_unknown_colour_pixels=args.max_unknown_colour_pixels, patient_map=args.patient_map,
+        holdout_fraction=args.holdout_fraction)),
+    "feta2021": Converter(feta2021, _feta2021_options, lambda args: dict(sub011=args.sub011)),
+    "abdomenct1k": Converter(abdomenct1k, _abdomenct1k_options, lambda args: dict(
+        masks=args.masks, unlabelled=args.unlabelled, holdout_fraction=args.holdout_fraction)),
+    "btcv": Converter(btcv, _btcv_options, lambda args: dict(protocol=args.protocol)),
+    "uc-layout": Converter(uc_layout, _uc_layout_options, lambda args: dict(
+        like=args.like, labels=args.labels, channel_name=args.channel_name)),
 }
 
 
-def _add_common_arguments(parser: argparse.ArgumentParser, module) -> None:
+def _add_common_arguments(parser: argparse.ArgumentParser, module: ModuleType) -> None:
     parser.add_argument("--input", "-i", required=True, metavar="RAW_DIR",
                         help="folder of the downloaded (and extracted) release, see the layout above")
     parser.add_argument("--dataset-id", "-d", type=int, default=module.DEFAULT_ID,
@@ -42,17 +118,15 @@ def _add_common_arguments(parser: argparse.ArgumentParser, module) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     datasets = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
-    for name, module_name in DATASETS.items():
-        module = importlib.import_module(module_name)
-        doc = module.__doc__ or ""
+    for name, converter in DATASETS.items():
+        doc = converter.module.__doc__ or ""
         sub = datasets.add_parser(name, help=doc.strip().splitlines()[0], description=doc,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        _add_common_arguments(sub, module)
-        module.add_arguments(sub)
-        sub.set_defaults(_dataset_module=module_name)
+        _add_common_arguments(sub, converter.module)
+        converter.add_options(sub)
 
 
-def _print_summary(result, plan) -> None:
+def _print_summary(result: ConversionResult, plan: DatasetPlan) -> None:
     print(f"Wrote {result.dataset_dir}: {result.num_training} training case(s) in imagesTr, "
           f"{result.num_test} case(s) in imagesTs")
     if plan.split is None:
@@ -76,17 +150,11 @@ def _print_summary(result, plan) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunetv2_uc.conversion.pipeline import ConversionError, run_conversion
-
-    module = importlib.import_module(args._dataset_module)
     if args.processes < 1:
-        print("error: -j/--processes must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        plan = module.build_plan(args)
-        result = run_conversion(plan, processes=args.processes, overwrite=args.overwrite)
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise UserError("-j/--processes must be at least 1")
+    converter = DATASETS[args.dataset]
+    plan = converter.module.build_plan(args.input, args.dataset_id, args.name, args.split,
+                                       **converter.keyword_arguments(args))
+    result = run_conversion(plan, processes=args.processes, overwrite=args.overwrite)
     _print_summary(result, plan)
     return 0

@@ -14,8 +14,13 @@ import argparse
 import os
 import sys
 
-EXIT_BAD_INPUT = 2
-EXIT_OUTPUT_EXISTS = 3
+from nnunetv2_uc.errors import OverwriteRefused, UserError
+from nnunetv2_uc.evaluation.folders import evaluate_folders
+from nnunetv2_uc.evaluation.metrics import EmptyMaskPolicy
+from nnunetv2_uc.evaluation.nnunet_results import evaluate_training, locate_training
+from nnunetv2_uc.evaluation.plots import write_plots
+from nnunetv2_uc.evaluation.report import comparison_table, csv_text, json_text, markdown_table
+from nnunetv2_uc.files import atomic_write_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +64,6 @@ def _check_arguments(args) -> list[str]:
         errors.append("--gt/--pred and --nnunet-results are exclusive; use one mode")
     if args.processes < 1:
         errors.append(f"-j {args.processes}: must be at least 1")
-    from nnunetv2_uc.evaluation.metrics import EmptyMaskPolicy
-
     try:
         EmptyMaskPolicy.parse(args.empty_policy)
     except ValueError as error:
@@ -102,8 +105,6 @@ def _existing_outputs(args) -> list[str]:
 def _evaluate(args) -> list[tuple[str | None, dict, str]]:
     """Run the chosen mode; returns (trainer or None, summary, table title) per evaluation."""
     if args.nnunet_results:
-        from nnunetv2_uc.evaluation.nnunet_results import evaluate_training, locate_training
-
         dataset, _, configuration = args.nnunet_results
         evaluations = []
         for trainer in _trainers(args):
@@ -113,8 +114,6 @@ def _evaluate(args) -> list[tuple[str | None, dict, str]]:
                      f"{', '.join(summary['inputs']['folds'])}")
             evaluations.append((trainer, summary, title))
         return evaluations
-    from nnunetv2_uc.evaluation.folders import evaluate_folders
-
     summary = evaluate_folders(args.gt, args.pred, args.labels, args.processes, args.dataset_json,
                                args.empty_policy, args.skip_bad)
     title = f"{os.path.basename(os.path.abspath(args.pred))} vs {os.path.basename(os.path.abspath(args.gt))}"
@@ -124,46 +123,25 @@ def _evaluate(args) -> list[tuple[str | None, dict, str]]:
 def run(args) -> int:
     errors = _check_arguments(args)
     if errors:
-        print("\n".join(f"error: {e}" for e in errors), file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UserError("\n".join(errors))
     existing = _existing_outputs(args)
     if existing and not args.overwrite:
-        print(f"error: output exists: {', '.join(existing)}; pass --overwrite or choose another path",
-              file=sys.stderr)
-        return EXIT_OUTPUT_EXISTS
-
-    from nnunetv2_uc.evaluation.cases import EvaluationInputError
-    from nnunetv2_uc.evaluation.folders import EvaluationFailed
-
-    try:
-        evaluations = _evaluate(args)
-    except EvaluationFailed as failure:
-        print(f"error: {len(failure.problems)} problem(s); nothing written (use --skip-bad to evaluate the rest):",
-              file=sys.stderr)
-        print("\n".join(f"  {p}" for p in failure.problems), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except EvaluationInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    _write_outputs(args, evaluations)
+        raise OverwriteRefused(f"output exists: {', '.join(existing)}; pass --overwrite or choose another path")
+    _write_outputs(args, _evaluate(args))  # EvaluationInputError / EvaluationFailed (every problem listed): exit 2
     return 0
 
 
 def _write_outputs(args, evaluations: list[tuple[str | None, dict, str]]) -> None:
     """Every requested file, the tables on stdout and one warning per skipped case on stderr."""
-    from nnunetv2_uc.evaluation.report import comparison_table, csv_text, json_text, markdown_table, write_atomically
-
     paths = output_paths(args)
     tables = []
     for trainer, summary, title in evaluations:
         tables.append(markdown_table(summary, title))
         if paths[trainer]["output"]:
-            write_atomically(paths[trainer]["output"], json_text(summary))
+            atomic_write_text(paths[trainer]["output"], json_text(summary))
         if paths[trainer]["csv"]:
-            write_atomically(paths[trainer]["csv"], csv_text(summary))
+            atomic_write_text(paths[trainer]["csv"], csv_text(summary))
         if paths[trainer]["plots"]:
-            from nnunetv2_uc.evaluation.plots import write_plots
-
             write_plots(summary, paths[trainer]["plots"])
         for item in summary["skipped"]:
             print(f"warning: skipped {item['case']}: {'; '.join(item['problems'])}", file=sys.stderr)
@@ -173,5 +151,5 @@ def _write_outputs(args, evaluations: list[tuple[str | None, dict, str]]) -> Non
                                        f"trainers compared"))
     text = "\n".join(tables)
     if args.table:
-        write_atomically(args.table, text)
+        atomic_write_text(args.table, text)
     print(text)

@@ -17,7 +17,6 @@ Never combine with FLARE2021: its 361 training cases are part of AbdomenCT-1K un
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, NiftiCase
@@ -31,16 +30,7 @@ LABELS = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
 FAKE_SPACING_CASES = tuple(f"Case_{n:05d}" for n in (78, *range(273, 279), *range(280, 287), 462, *range(574, 579)))
 CASE_IMAGE = r"(Case_\d{5})_0000"
 CASE_MASK = r"(Case_\d{5})"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--masks", metavar="DIR", help="mask folder if it is not <input>/Mask")
-    parser.add_argument("--unlabelled", choices=("skip", "test"), default="skip",
-                        help="images without a mask: skip them (counted) or copy them to imagesTs "
-                             "(default: %(default)s)")
-    parser.add_argument("--holdout-fraction", type=float, default=0.0,
-                        help="with --split paper, a seeded (12345) fraction of the labelled cases held out to "
-                             "imagesTs/labelsTs, e.g. 0.2 (default: %(default)s = none)")
+UNLABELLED_CHOICES = ("skip", "test")  # what happens to images without a mask
 
 
 def _image_folders(root: Path, mask_dir: Path | None) -> list[Path]:
@@ -60,48 +50,51 @@ def _collect_images(folders: list[Path]) -> tuple[dict[str, Path], list[str]]:
     return images, problems
 
 
-def build_plan(args: argparse.Namespace) -> DatasetPlan:
-    root = input_folder(args.input)
+def build_plan(input_dir: str | Path, dataset_id: int = DEFAULT_ID, name: str = DEFAULT_NAME,
+               split: str = "paper", *, masks: str | Path | None = None, unlabelled: str = "skip",
+               holdout_fraction: float = 0.0) -> DatasetPlan:
+    root = input_folder(input_dir)
     problems: list[str] = []
-    mask_dir = Path(args.masks) if args.masks else find_subfolder(root, "Mask", depth=1)
+    mask_dir = Path(masks) if masks else find_subfolder(root, "Mask", depth=1)
     if mask_dir is None or not mask_dir.is_dir():
         problems.append(f"mask folder {mask_dir or root / 'Mask'} not found; extract Mask.7z into {root} or pass "
                         f"--masks")
         mask_dir = None
-    if not 0.0 <= args.holdout_fraction < 1.0:
-        problems.append(f"--holdout-fraction {args.holdout_fraction} must be in [0, 1)")
+    if not 0.0 <= holdout_fraction < 1.0:
+        problems.append(f"--holdout-fraction {holdout_fraction} must be in [0, 1)")
     images, duplicate_problems = _collect_images(_image_folders(root, mask_dir))
-    masks = match_files(mask_dir, CASE_MASK) if mask_dir else {}
-    problems += duplicate_problems + unmatched_problems(images, masks, images_need_labels=False)
+    mask_files = match_files(mask_dir, CASE_MASK) if mask_dir else {}
+    problems += duplicate_problems + unmatched_problems(images, mask_files, images_need_labels=False)
 
-    labelled = sorted(set(images) & set(masks))
-    without_mask = sorted(set(images) - set(masks))
-    split, holdout = None, set()
-    if args.split == "paper":
-        holdout = set(seeded_group_holdout({c: c for c in labelled}, max(args.holdout_fraction, 0.0)))
+    labelled = sorted(set(images) & set(mask_files))
+    without_mask = sorted(set(images) - set(mask_files))
+    split_plan, holdout = None, set()
+    if split == "paper":
+        holdout = set(seeded_group_holdout({c: c for c in labelled}, max(holdout_fraction, 0.0)))
         folds, split_notes = nnunet_default_folds([c for c in labelled if c not in holdout])
-        split = SplitPlan("project_defined_5fold" + ("_holdout" if holdout else ""),
-                          "project-defined (no published split): nnU-Net default 5 folds"
-                          + (f", seeded {args.holdout_fraction:.0%} hold-out (seed 12345)" if holdout else ""),
-                          holdout=sorted(holdout), folds=folds, notes=split_notes)
-    cases = [NiftiCase(c, TEST if c in holdout else TRAIN, image=images[c], label=masks[c], allow_header_repair=True)
+        split_plan = SplitPlan("project_defined_5fold" + ("_holdout" if holdout else ""),
+                               "project-defined (no published split): nnU-Net default 5 folds"
+                               + (f", seeded {holdout_fraction:.0%} hold-out (seed 12345)" if holdout else ""),
+                               holdout=sorted(holdout), folds=folds, notes=split_notes)
+    cases = [NiftiCase(c, TEST if c in holdout else TRAIN, image=images[c], label=mask_files[c],
+                       allow_header_repair=True)
              for c in labelled]
-    if args.unlabelled == "test":
+    if unlabelled == "test":
         cases += [NiftiCase(c, TEST, image=images[c], allow_header_repair=True) for c in without_mask]
     notes = [f"{len(without_mask)} image(s) without a mask "
-             + ("copied to imagesTs" if args.unlabelled == "test" else "skipped") + f": {without_mask}"] \
+             + ("copied to imagesTs" if unlabelled == "test" else "skipped") + f": {without_mask}"] \
         if without_mask else []
     fake = sorted(set(FAKE_SPACING_CASES) & {c.case_id for c in cases})
     if fake:
         notes.append(f"{len(fake)} LiTS case(s) with fake 1x1x1 mm spacing kept and flagged: {fake}")
     return DatasetPlan(
-        dataset_id=args.dataset_id, name=args.name, channel_names={"0": "CT"}, labels=dict(LABELS), cases=cases,
-        split=split, problems=problems, notes=notes,
+        dataset_id=dataset_id, name=name, channel_names={"0": "CT"}, labels=dict(LABELS), cases=cases,
+        split=split_plan, problems=problems, notes=notes,
         reference="https://github.com/JunMa11/AbdomenCT-1K (Ma et al., TPAMI 2022); Zenodo 5903099, 5903846, "
                   "5903769",
         licence="AbdomenCT-1K usage form; source licences: LiTS and KiTS19 CC BY-NC-SA 4.0, MSD CC BY-SA 4.0, "
                 "NIH Pancreas-CT (TCIA); record licence unverified",
         description="AbdomenCT-1K abdominal organ segmentation (multi-centre, multi-phase CT)",
-        extra_json={"fake_spacing_cases": fake, "skipped_without_mask": without_mask if args.unlabelled == "skip"
+        extra_json={"fake_spacing_cases": fake, "skipped_without_mask": without_mask if unlabelled == "skip"
                     else [], "paper_intensity_window": [-125, 300]},
     )

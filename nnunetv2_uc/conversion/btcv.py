@@ -16,7 +16,7 @@ channel_names {"0": "CT"} selects nnU-Net's CT normalisation.
 """
 from __future__ import annotations
 
-import argparse
+from pathlib import Path
 
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, NiftiCase
 from nnunetv2_uc.conversion.layout import find_subfolder, input_folder, match_files, unmatched_problems
@@ -32,11 +32,7 @@ SYNAPSE_KEPT = ("spleen", "right_kidney", "left_kidney", "gallbladder", "liver",
 MONAI_TRAIN = tuple(f"BTCV_{n:04d}" for n in [*range(1, 11), *range(21, 35)])
 MONAI_VAL = tuple(f"BTCV_{n:04d}" for n in range(35, 41))
 TRANSUNET_TEST = tuple(f"BTCV_{n:04d}" for n in (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--protocol", choices=("monai", "transunet", "nnunet"), default="monai",
-                        help="which published split --split paper writes (default: %(default)s)")
+PROTOCOLS = ("monai", "transunet", "nnunet")  # the published splits --split paper can write
 
 
 def synapse_labels() -> tuple[dict[str, int], tuple[tuple[int, int], ...]]:
@@ -65,8 +61,9 @@ def _split(protocol: str, training_ids: list[str]) -> SplitPlan:
                      folds=folds, notes=notes)
 
 
-def build_plan(args: argparse.Namespace) -> DatasetPlan:
-    root = input_folder(args.input)
+def build_plan(input_dir: str | Path, dataset_id: int = DEFAULT_ID, name: str = DEFAULT_NAME,
+               split: str = "paper", *, protocol: str = "monai") -> DatasetPlan:
+    root = input_folder(input_dir)
     problems: list[str] = []
     training_dir = find_subfolder(root, "Training")
     test_dir = find_subfolder(training_dir.parent, "Testing", "Test", depth=1) if training_dir else None
@@ -79,18 +76,18 @@ def build_plan(args: argparse.Namespace) -> DatasetPlan:
     problems += unmatched_problems(images, labels)
     test_images = match_files(test_dir / "img", r"img(\d{4})") if test_dir and (test_dir / "img").is_dir() else {}
 
-    protocol = args.protocol if args.split == "paper" else "nnunet"
+    protocol = protocol if split == "paper" else "nnunet"
     label_names, mapping = synapse_labels() if protocol == "transunet" else (dict(LABELS), None)
     training_ids = [f"BTCV_{n}" for n in sorted(set(images) & set(labels))]
-    split = _split(protocol, training_ids) if args.split == "paper" else None
-    holdout = set(split.holdout) if split else set()
+    split_plan = _split(protocol, training_ids) if split == "paper" else None
+    holdout = set(split_plan.holdout) if split_plan else set()
     cases = [NiftiCase(f"BTCV_{n}", TEST if f"BTCV_{n}" in holdout else TRAIN, image=images[n], label=labels[n],
                        label_mapping=mapping)
              for n in sorted(set(images) & set(labels))]
     cases += [NiftiCase(f"BTCV_{n}", TEST, image=path) for n, path in sorted(test_images.items())]
     return DatasetPlan(
-        dataset_id=args.dataset_id, name=args.name, channel_names={"0": "CT"}, labels=label_names, cases=cases,
-        split=split, problems=problems,
+        dataset_id=dataset_id, name=name, channel_names={"0": "CT"}, labels=label_names, cases=cases,
+        split=split_plan, problems=problems,
         notes=[f"{len(test_images)} unlabelled test image(s) copied to imagesTs"] if test_images else [],
         reference="https://www.synapse.org/#!Synapse:syn3193805 (MICCAI 2015 Multi-Atlas Labeling Beyond the "
                   "Cranial Vault)",

@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from nnunetv2_uc.conversion.volumes import (
-    CaseProblem, Geometry, describe_read_error, read_repaired_geometry, read_repaired_image,
+    Geometry, UnconvertibleCase, describe_read_error, read_repaired_geometry, read_repaired_image,
     read_sitk_geometry, to_label_array, write_label,
 )
+from nnunetv2_uc.raw_dataset import FILE_ENDING
 
 TRAIN, TEST = "Tr", "Ts"
-FILE_ENDING = ".nii.gz"
 
 
 @dataclass
@@ -70,23 +71,21 @@ def _read_geometry(path: Path, allow_repair: bool) -> tuple[Geometry, bool]:
         return read_sitk_geometry(path), False
     except RuntimeError as sitk_error:
         if not allow_repair:
-            raise CaseProblem(describe_read_error(path, sitk_error)) from None
+            raise UnconvertibleCase(describe_read_error(path, sitk_error)) from None
         try:
             return read_repaired_geometry(path), True
-        except CaseProblem:
+        except UnconvertibleCase:
             raise
         except Exception as nibabel_error:  # noqa: BLE001 - any reader failure is a user-facing problem
-            raise CaseProblem(describe_read_error(path, nibabel_error)) from None
+            raise UnconvertibleCase(describe_read_error(path, nibabel_error)) from None
 
 
 def _read_label_array(path: Path, allow_repair: bool):
-    import SimpleITK as sitk
-
     try:
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except RuntimeError as sitk_error:
         if not allow_repair:
-            raise CaseProblem(describe_read_error(path, sitk_error)) from None
+            raise UnconvertibleCase(describe_read_error(path, sitk_error)) from None
         return sitk.GetArrayFromImage(read_repaired_image(path))
 
 
@@ -119,7 +118,7 @@ class NiftiCase(CaseSource):
                 continue
             try:
                 geometries[role], _ = _read_geometry(path, self.allow_header_repair)
-            except CaseProblem as problem:
+            except UnconvertibleCase as problem:
                 result.problems.append(str(problem))
                 continue
             if len(geometries[role].size) != 3:
@@ -147,7 +146,7 @@ class NiftiCase(CaseSource):
             if self.label is not None and label_path is not None:
                 outcome.label_values, outcome.label_resampled_grid_differs = self._write_label(
                     image_geometry, label_path)
-        except CaseProblem as problem:
+        except UnconvertibleCase as problem:
             outcome.problems.append(str(problem))
         except Exception as error:  # noqa: BLE001 - reported per case, the pipeline aborts as a whole
             outcome.problems.append(describe_read_error(self.image, error))
@@ -155,8 +154,6 @@ class NiftiCase(CaseSource):
 
     def _write_image(self, destination: Path) -> tuple[Geometry, bool]:
         """Copy the file byte for byte when possible; otherwise re-encode (repaired or not .nii.gz)."""
-        import SimpleITK as sitk
-
         geometry, needs_repair = _read_geometry(self.image, self.allow_header_repair)
         if needs_repair:
             image = read_repaired_image(self.image)
@@ -178,7 +175,7 @@ class NiftiCase(CaseSource):
             write_label(labels, image_geometry, destination)
             return values, False
         if not self.label_keeps_own_grid:
-            raise CaseProblem(f"{self.case_id}: label {self.label} has size {label_size}, image {self.image} "
+            raise UnconvertibleCase(f"{self.case_id}: label {self.label} has size {label_size}, image {self.image} "
                               f"has {image_geometry.size}")
         own_geometry, _ = _read_geometry(self.label, self.allow_header_repair)
         write_label(labels, own_geometry, destination)

@@ -14,7 +14,6 @@ UX-Net's JSON leaves FeTA_010 (sub-011) out of both lists; --sub011 decides whet
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import re
 from pathlib import Path
@@ -31,12 +30,7 @@ LABELS = {"background": 0, "external_csf": 1, "grey_matter": 2, "white_matter": 
 UXNET_TEST_SUBJECTS = (*range(61, 72), *range(73, 79), 80)
 ORPHAN_SUBJECT = 11
 T2W = re.compile(r"sub-(\d+)_rec-([A-Za-z0-9]+)_T2w\.nii(\.gz)?")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sub011", choices=("pool", "drop"), default="pool",
-                        help="sub-011 (UX-Net's orphan FeTA_010): put it into the training pool, or leave it out "
-                             "of the dataset (default: %(default)s)")
+SUB011_CHOICES = ("pool", "drop")  # where UX-Net's orphan sub-011 goes
 
 
 def _release_folder(root: Path) -> Path:
@@ -87,8 +81,9 @@ def _find_subject_case(subject_dir: Path) -> tuple[Path | None, Path | None, str
     return t2w, dseg, method, []
 
 
-def build_plan(args: argparse.Namespace) -> DatasetPlan:
-    release = _release_folder(input_folder(args.input))
+def build_plan(input_dir: str | Path, dataset_id: int = DEFAULT_ID, name: str = DEFAULT_NAME,
+               split: str = "paper", *, sub011: str = "pool") -> DatasetPlan:
+    release = _release_folder(input_folder(input_dir))
     participants, notes = read_participants(release)
     problems: list[str] = []
     subjects = sorted(p for p in release.glob("sub-*") if p.is_dir())
@@ -100,27 +95,27 @@ def build_plan(args: argparse.Namespace) -> DatasetPlan:
         problems += subject_problems
         if t2w is not None and dseg is not None:
             number = int(subject_dir.name.split("-", 1)[1])
-            if number == ORPHAN_SUBJECT and args.sub011 == "drop":
+            if number == ORPHAN_SUBJECT and sub011 == "drop":
                 notes.append("sub-011 (UX-Net's orphan FeTA_010) left out (--sub011 drop)")
                 continue
             metadata = {"subject": subject_dir.name, "reconstruction": method} | participants.get(subject_dir.name, {})
             found.append((f"FeTA_{number:03d}", number, t2w, dseg, metadata))
 
     holdout = {case_id for case_id, number, *_ in found if number in UXNET_TEST_SUBJECTS} \
-        if args.split == "paper" else set()
+        if split == "paper" else set()
     cases = [NiftiCase(case_id, TEST if case_id in holdout else TRAIN, metadata=tuple(sorted(metadata.items())),
                        image=t2w, label=dseg)
              for case_id, _, t2w, dseg, metadata in found]
-    split = None
-    if args.split == "paper":
+    split_plan = None
+    if split == "paper":
         folds, split_notes = nnunet_default_folds([c.case_id for c in cases if c.subset == TRAIN])
-        split = SplitPlan("uxnet_holdout_18", "3D UX-Net dataset_FeTA.json test hold-out (18 cases, FeTA_k = "
-                          "sub-(k+1) assumed); folds are nnU-Net's default 5-fold over the rest, not the paper's; "
-                          f"sub-011 {'in the pool' if args.sub011 == 'pool' else 'dropped'}",
-                          holdout=sorted(holdout), folds=folds, notes=split_notes)
+        split_plan = SplitPlan("uxnet_holdout_18", "3D UX-Net dataset_FeTA.json test hold-out (18 cases, FeTA_k = "
+                               "sub-(k+1) assumed); folds are nnU-Net's default 5-fold over the rest, not the "
+                               f"paper's; sub-011 {'in the pool' if sub011 == 'pool' else 'dropped'}",
+                               holdout=sorted(holdout), folds=folds, notes=split_notes)
     return DatasetPlan(
-        dataset_id=args.dataset_id, name=args.name, channel_names={"0": "T2"}, labels=dict(LABELS), cases=cases,
-        split=split, problems=problems, notes=notes,
+        dataset_id=dataset_id, name=name, channel_names={"0": "T2"}, labels=dict(LABELS), cases=cases,
+        split=split_plan, problems=problems, notes=notes,
         reference="https://feta.grand-challenge.org/ (FeTA 2021, release feta_2.1, Synapse)",
         licence="FeTA data usage agreement (research use only); not redistributable",
         description="FeTA2021 fetal brain tissue segmentation, super-resolution T2w MRI (mial / irtk)",

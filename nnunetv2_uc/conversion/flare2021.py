@@ -11,8 +11,8 @@ nnU-Net's default 5 folds are written over the other cases; the paper's own fold
 """
 from __future__ import annotations
 
-import argparse
 import re
+from pathlib import Path
 
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, NiftiCase
 from nnunetv2_uc.conversion.layout import (
@@ -29,10 +29,6 @@ UXNET_TEST_IDS = tuple(f"train_{n:03d}" for n in (
 UNLABELLED_IMAGE = re.compile(r"(.+)_0000")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """FLARE2021 needs no options beyond the common ones."""
-
-
 def _unlabelled_cases(root, training_images) -> dict[str, object]:
     """Validation/test images anywhere under the root except the training image folder."""
     found = {}
@@ -43,8 +39,9 @@ def _unlabelled_cases(root, training_images) -> dict[str, object]:
     return found
 
 
-def build_plan(args: argparse.Namespace) -> DatasetPlan:
-    root = input_folder(args.input)
+def build_plan(input_dir: str | Path, dataset_id: int = DEFAULT_ID, name: str = DEFAULT_NAME,
+               split: str = "paper") -> DatasetPlan:
+    root = input_folder(input_dir)
     problems: list[str] = []
     image_dir = find_subfolder(root, "TrainingImg")
     mask_dir = find_subfolder(root, "TrainingMask")
@@ -54,24 +51,24 @@ def build_plan(args: argparse.Namespace) -> DatasetPlan:
         problems.append(f"{root}: expected the folders TrainingImg/ and TrainingMask/ of the FLARE2021 release")
     problems += unmatched_problems(images, masks)
 
-    holdout = sorted(set(UXNET_TEST_IDS) & set(masks)) if args.split == "paper" else []
+    holdout = sorted(set(UXNET_TEST_IDS) & set(masks)) if split == "paper" else []
     cases = [NiftiCase(case_id, TEST if case_id in holdout else TRAIN, image=images[case_id],
                        label=masks[case_id])
              for case_id in sorted(set(images) & set(masks))]
     unlabelled = _unlabelled_cases(root, image_dir)
     cases += [NiftiCase(case_id, TEST, image=path) for case_id, path in unlabelled.items()]
 
-    split = None
-    if args.split == "paper":
+    split_plan = None
+    if split == "paper":
         pool = [c.case_id for c in cases if c.subset == TRAIN]
         folds, notes = nnunet_default_folds(pool)
-        split = SplitPlan("uxnet_holdout_20", "3D UX-Net dataset_FLARE.json test hold-out (20 cases); "
-                          "folds are nnU-Net's default 5-fold over the rest, not the paper's (unpublished)",
-                          holdout=holdout, folds=folds, notes=notes)
+        split_plan = SplitPlan("uxnet_holdout_20", "3D UX-Net dataset_FLARE.json test hold-out (20 cases); "
+                               "folds are nnU-Net's default 5-fold over the rest, not the paper's (unpublished)",
+                               holdout=holdout, folds=folds, notes=notes)
     notes = [f"{len(unlabelled)} unlabelled validation/test image(s) copied to imagesTs"] if unlabelled else []
     return DatasetPlan(
-        dataset_id=args.dataset_id, name=args.name, channel_names={"0": "CT"}, labels=dict(LABELS),
-        cases=cases, split=split, problems=problems, notes=notes,
+        dataset_id=dataset_id, name=name, channel_names={"0": "CT"}, labels=dict(LABELS),
+        cases=cases, split=split_plan, problems=problems, notes=notes,
         reference="https://flare.grand-challenge.org/ (MICCAI FLARE 2021)",
         licence="FLARE2021 challenge terms (registration required); images from MSD (CC BY-SA 4.0) and NIH "
                 "Pancreas-CT (TCIA); redistribution not granted",

@@ -17,19 +17,21 @@ readable), plus a seeded hold-out of --holdout-fraction of the patients in image
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from PIL import Image
 
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, CaseOutcome, CaseSource, Inspection
 from nnunetv2_uc.conversion.layout import find_subfolder, input_folder
 from nnunetv2_uc.conversion.pipeline import DatasetPlan
 from nnunetv2_uc.conversion.splits import SplitPlan, grouped_folds, seeded_group_holdout
-from nnunetv2_uc.conversion.volumes import CaseProblem, Geometry, describe_read_error, write_label
+from nnunetv2_uc.conversion.volumes import Geometry, UnconvertibleCase, describe_read_error, write_label
 
 DEFAULT_ID = 502
 DEFAULT_NAME = "OIMHS"
@@ -41,24 +43,7 @@ LABEL_SCHEMES = {
 }
 LUMINANCE = np.array([0.299, 0.587, 0.114])
 BSCAN = re.compile(r"(\d+)\.png", re.IGNORECASE)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("X", "Y", "Z"),
-                        help="voxel spacing in mm: X along a B-scan row, Y along depth (rows), Z between B-scans "
-                             "(default: nominal 1 1 1, the release gives none)")
-    parser.add_argument("--label-scheme", choices=tuple(LABEL_SCHEMES), default="uc",
-                        help="label ids: uc = hole 1, edema 2, choroid 3, retina 4; torch-em = choroid 1, "
-                             "retina 2, edema 3, hole 4 (default: %(default)s)")
-    parser.add_argument("--max-unknown-colour-pixels", type=int, default=0, metavar="N",
-                        help="per B-scan, mask pixels of no known colour tolerated (set to background) before "
-                             "the conversion is refused (default: %(default)s)")
-    parser.add_argument("--patient-map", metavar="FILE",
-                        help="CSV/TSV/XLSX with an 'Eye ID' and a 'Patient' column for patient-grouped folds "
-                             "(default: the release's *Demographics*.xlsx if readable)")
-    parser.add_argument("--holdout-fraction", type=float, default=0.0,
-                        help="with --split paper, a seeded (12345) fraction of the patients held out to "
-                             "imagesTs/labelsTs, e.g. 0.2 (default: %(default)s = none)")
+NOMINAL_SPACING = (1.0, 1.0, 1.0)  # the release gives no spacing
 
 
 def scheme_labels(scheme: str) -> dict[str, int]:
@@ -70,7 +55,7 @@ class OimhsEye(CaseSource):
     """All B-scans of one eye, stacked into one volume when written."""
 
     bscans: tuple[Path, ...] = ()
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    spacing: tuple[float, float, float] = NOMINAL_SPACING
     colour_ids: tuple[tuple[tuple[int, int, int], int], ...] = ()
     max_unknown_pixels: int = 0
 
@@ -79,8 +64,6 @@ class OimhsEye(CaseSource):
         return True
 
     def inspect(self) -> Inspection:
-        from PIL import Image
-
         result = Inspection()
         sizes: dict[tuple[int, int], list[str]] = {}
         for path in self.bscans:
@@ -100,8 +83,6 @@ class OimhsEye(CaseSource):
 
     def _split_bscan(self, path: Path) -> tuple[np.ndarray, np.ndarray, int]:
         """(grey B-scan, label ids, unknown-colour pixel count) of one side-by-side PNG."""
-        from PIL import Image
-
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))
         half = rgb.shape[1] // 2
@@ -120,8 +101,6 @@ class OimhsEye(CaseSource):
         return grey, labels, int((~known).sum())
 
     def write(self, image_path: Path, label_path: Path | None) -> CaseOutcome:
-        import SimpleITK as sitk
-
         outcome = CaseOutcome(self.case_id)
         greys, labels = [], []
         for path in self.bscans:
@@ -146,7 +125,7 @@ class OimhsEye(CaseSource):
         label_volume = np.stack(labels)
         try:
             write_label(label_volume, Geometry.of_image(image), label_path)
-        except CaseProblem as problem:
+        except UnconvertibleCase as problem:
             outcome.problems.append(str(problem))
         outcome.label_values = tuple(int(v) for v in np.unique(label_volume))
         return outcome
@@ -162,9 +141,7 @@ def _normalise_eye(value) -> str:
 
 def _read_table(path: Path) -> list[dict]:
     if path.suffix.lower() in (".xlsx", ".xls"):
-        import pandas as pd
-
-        return pd.read_excel(path).to_dict("records")  # needs openpyxl
+        return pd.read_excel(path).to_dict("records")  # needs openpyxl (optional): ImportError without it
     with open(path, newline="") as handle:
         dialect = csv.Sniffer().sniff(handle.read(4096), delimiters=",;\t")
         handle.seek(0)
@@ -178,7 +155,7 @@ def read_patient_map(path: Path) -> dict[str, dict]:
     eye = next((c for c in columns if "eye" in str(c).lower()), None)
     patient = next((c for c in columns if "patient" in str(c).lower()), None)
     if eye is None or patient is None:
-        raise CaseProblem(f"{path}: needs an eye-id column and a patient column (found {columns}); fix the "
+        raise UnconvertibleCase(f"{path}: needs an eye-id column and a patient column (found {columns}); fix the "
                           f"header or pass another --patient-map")
     stage = next((c for c in columns if "stage" in str(c).lower()), None)
     mapping = {}
@@ -190,13 +167,13 @@ def read_patient_map(path: Path) -> dict[str, dict]:
     return mapping
 
 
-def _patient_map(args: argparse.Namespace, root: Path) -> tuple[dict[str, dict], list[str], list[str]]:
+def _patient_map(patient_map: str | Path | None, root: Path) -> tuple[dict[str, dict], list[str], list[str]]:
     """(map, problems, notes): an explicit --patient-map must be readable; the release sheet is optional."""
-    if args.patient_map:
+    if patient_map:
         try:
-            return read_patient_map(Path(args.patient_map)), [], []
-        except (OSError, ImportError, CaseProblem, ValueError) as error:
-            return {}, [f"--patient-map {args.patient_map}: {error}"], []
+            return read_patient_map(Path(patient_map)), [], []
+        except (OSError, ImportError, UnconvertibleCase, ValueError) as error:
+            return {}, [f"--patient-map {patient_map}: {error}"], []
     sheets = sorted(root.glob("*emographic*.xlsx"))
     if not sheets:
         return {}, [], ["no patient map: each eye is treated as its own patient in the folds"]
@@ -205,7 +182,7 @@ def _patient_map(args: argparse.Namespace, root: Path) -> tuple[dict[str, dict],
     except ImportError:
         return {}, [], [f"{sheets[0]} not read (install openpyxl, or pass --patient-map as CSV): each eye is "
                         f"treated as its own patient"]
-    except (OSError, CaseProblem, ValueError) as error:
+    except (OSError, UnconvertibleCase, ValueError) as error:
         return {}, [], [f"{sheets[0]} not usable ({error}): each eye is treated as its own patient"]
 
 
@@ -228,8 +205,12 @@ def _eyes(images_dir: Path) -> tuple[dict[str, tuple[Path, ...]], list[str]]:
     return eyes, problems
 
 
-def build_plan(args: argparse.Namespace) -> DatasetPlan:
-    root = input_folder(args.input)
+def build_plan(input_dir: str | Path, dataset_id: int = DEFAULT_ID, name: str = DEFAULT_NAME,
+               split: str = "paper", *, spacing: tuple[float, float, float] = NOMINAL_SPACING,
+               label_scheme: str = "uc", max_unknown_colour_pixels: int = 0,
+               patient_map: str | Path | None = None, holdout_fraction: float = 0.0) -> DatasetPlan:
+    """``spacing`` in mm: x along a B-scan row, y along depth (rows), z between B-scans."""
+    root = input_folder(input_dir)
     problems: list[str] = []
     images_dir = find_subfolder(root, "Images", depth=1)
     eyes: dict[str, tuple[Path, ...]] = {}
@@ -237,41 +218,41 @@ def build_plan(args: argparse.Namespace) -> DatasetPlan:
         problems.append(f"{root}: expected the Images/<eye id>/<n>.png folders of the OIMHS release")
     else:
         eyes, problems = _eyes(images_dir)
-    if not 0.0 <= args.holdout_fraction < 1.0:
-        problems.append(f"--holdout-fraction {args.holdout_fraction} must be in [0, 1)")
-    if any(s <= 0 for s in args.spacing):
-        problems.append(f"--spacing {args.spacing} must be positive")
-    patient_info, map_problems, notes = _patient_map(args, root)
+    if not 0.0 <= holdout_fraction < 1.0:
+        problems.append(f"--holdout-fraction {holdout_fraction} must be in [0, 1)")
+    if any(s <= 0 for s in spacing):
+        problems.append(f"--spacing {spacing} must be positive")
+    patient_info, map_problems, notes = _patient_map(patient_map, root)
     problems += map_problems
     missing = sorted(e for e in eyes if patient_info and _normalise_eye(e) not in patient_info)
     if missing:
         notes.append(f"eyes missing from the patient map, treated as their own patient: {missing}")
     patients = {_eye_case_id(e): patient_info.get(_normalise_eye(e), {}).get("patient", f"eye_{e}") for e in eyes}
 
-    labels = scheme_labels(args.label_scheme)
-    colour_ids = tuple((COLOURS[name], labels[name]) for name in LABEL_SCHEMES[args.label_scheme])
-    split, holdout = None, set()
-    if args.split == "paper":
-        holdout = set(seeded_group_holdout(patients, args.holdout_fraction))
+    labels = scheme_labels(label_scheme)
+    colour_ids = tuple((COLOURS[name], labels[name]) for name in LABEL_SCHEMES[label_scheme])
+    split_plan, holdout = None, set()
+    if split == "paper":
+        holdout = set(seeded_group_holdout(patients, holdout_fraction))
         folds, split_notes = grouped_folds({c: p for c, p in patients.items() if c not in holdout})
-        split = SplitPlan("project_defined_patient_grouped_5fold",
-                          "project-defined (no published split): patient-grouped 5-fold, seed 12345"
-                          + (f", seeded {args.holdout_fraction:.0%} patient hold-out" if holdout else ""),
-                          holdout=sorted(holdout), folds=folds, notes=split_notes)
+        split_plan = SplitPlan("project_defined_patient_grouped_5fold",
+                               "project-defined (no published split): patient-grouped 5-fold, seed 12345"
+                               + (f", seeded {holdout_fraction:.0%} patient hold-out" if holdout else ""),
+                               holdout=sorted(holdout), folds=folds, notes=split_notes)
     cases = []
     for eye, bscans in eyes.items():
         case_id = _eye_case_id(eye)
         metadata = {"eye": eye, "n_bscans": len(bscans)} | patient_info.get(_normalise_eye(eye), {})
         cases.append(OimhsEye(case_id, TEST if case_id in holdout else TRAIN, tuple(sorted(metadata.items())),
-                              bscans=bscans, spacing=tuple(args.spacing), colour_ids=colour_ids,
-                              max_unknown_pixels=args.max_unknown_colour_pixels))
+                              bscans=bscans, spacing=tuple(spacing), colour_ids=colour_ids,
+                              max_unknown_pixels=max_unknown_colour_pixels))
     return DatasetPlan(
-        dataset_id=args.dataset_id, name=args.name, channel_names={"0": "OCT"}, labels=labels, cases=cases,
-        split=split, problems=problems, notes=notes,
+        dataset_id=dataset_id, name=name, channel_names={"0": "OCT"}, labels=labels, cases=cases,
+        split=split_plan, problems=problems, notes=notes,
         reference="https://doi.org/10.6084/m9.figshare.23508453 (OIMHS, Scientific Data 2023)",
         licence="figshare record, probably CC BY 4.0 (unverified); contains patient images",
         description="OIMHS macular hole OCT: B-scans of one eye stacked along z (numpy axis 0)",
-        extra_json={"spacing_xyz_mm": list(args.spacing), "spacing_is_nominal": list(args.spacing) == [1.0] * 3,
-                    "label_scheme": args.label_scheme, "slice_axis": "z = B-scan index",
+        extra_json={"spacing_xyz_mm": list(spacing), "spacing_is_nominal": list(spacing) == [1.0] * 3,
+                    "label_scheme": label_scheme, "slice_axis": "z = B-scan index",
                     "paper_intensity_window": [0, 300]},
     )

@@ -1,37 +1,43 @@
 """The conversion pipeline shared by every dataset.
 
 discovery (dataset module) -> validation of every case, collecting all problems -> parallel per-case writing
-into a hidden temporary folder next to the target -> dataset.json and splits -> atomic move into place.
-Nothing is visible under ``$nnUNet_raw`` until every case has been written successfully.
+into a hidden temporary folder next to the target -> dataset.json and splits -> atomic move into place
+(:mod:`nnunetv2_uc.raw_dataset`). Nothing is visible under ``$nnUNet_raw`` until every case has been written.
 """
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
-import re
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
-from nnunetv2_uc.conversion.cases import FILE_ENDING, TEST, TRAIN, CaseOutcome, CaseSource, Inspection
-from nnunetv2_uc.conversion.splits import SplitPlan, check_split_consistency
+from tqdm import tqdm
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+from nnunetv2_uc.conversion.cases import TEST, TRAIN, CaseOutcome, CaseSource, Inspection
+from nnunetv2_uc.conversion.splits import SplitPlan, check_split_consistency
+from nnunetv2_uc.errors import OverwriteRefused, UserError
+from nnunetv2_uc.files import atomic_write_json
+from nnunetv2_uc.raw_dataset import FILE_ENDING, RawDatasetTarget, dataset_folder_name, write_dataset_json
+
 SPLITS_FILE = "splits_final.json"
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-class ConversionError(Exception):
-    """The conversion was refused; ``problems`` lists every problem found."""
+class ConversionError(UserError):
+    """The conversion was refused for bad input (exit code 2); ``problems`` lists every problem found."""
 
     def __init__(self, problems: list[str], headline: str = "conversion refused"):
         self.problems = problems
         super().__init__(f"{headline}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class ConversionOverwriteRefused(ConversionError, OverwriteRefused):
+    """The only reason to refuse: an existing dataset (or placed split) would be replaced without --overwrite
+    (exit code 3)."""
 
 
 @dataclass
@@ -54,7 +60,7 @@ class DatasetPlan:
 
     @property
     def folder_name(self) -> str:
-        return f"Dataset{self.dataset_id:03d}_{self.name}"
+        return dataset_folder_name(self.dataset_id, self.name)
 
 
 @dataclass
@@ -78,8 +84,6 @@ def _map(function: Callable[[_T], _R], items: list[_T], processes: int, descript
 
     Each worker handles one case at a time, so memory stays at one case per worker.
     """
-    from tqdm import tqdm
-
     progress = dict(total=len(items), desc=description, unit="case", file=sys.stderr, leave=True)
     if processes <= 1 or len(items) <= 1:
         return [function(item) for item in tqdm(items, **progress)]
@@ -100,12 +104,8 @@ def _write(job: tuple[CaseSource, Path]) -> CaseOutcome:
 
 
 def _check_plan(plan: DatasetPlan) -> list[str]:
-    """Problems visible without opening any file: names, ids, duplicate cases, split consistency."""
+    """Problems of the cases visible without opening any file: duplicates, missing labels, split consistency."""
     problems = []
-    if not 1 <= plan.dataset_id <= 999:
-        problems.append(f"--dataset-id {plan.dataset_id} is outside nnU-Net's range 1..999")
-    if not NAME_PATTERN.match(plan.name):
-        problems.append(f"--name {plan.name!r}: use letters, digits, '_' and '-' only")
     seen: dict[str, int] = {}
     for case in plan.cases:
         seen[case.case_id] = seen.get(case.case_id, 0) + 1
@@ -123,24 +123,14 @@ def _check_plan(plan: DatasetPlan) -> list[str]:
     return problems
 
 
-def _check_targets(plan: DatasetPlan, raw_root: Path, preprocessed_root: Path | None, overwrite: bool) -> list[str]:
-    """The target folder may only be replaced with --overwrite, and the id must not be used by another name."""
-    problems = []
-    target = raw_root / plan.folder_name
-    if target.exists() and not overwrite:
-        problems.append(f"{target} already exists; pass --overwrite to replace it (it is left untouched)")
-    for root in (raw_root, preprocessed_root):
-        if root is None or not root.is_dir():
-            continue
-        for other in sorted(root.glob(f"Dataset{plan.dataset_id:03d}_*")):
-            if other.is_dir() and other.name != plan.folder_name:
-                problems.append(f"dataset id {plan.dataset_id} is already used by {other}; choose another "
-                                f"--dataset-id or --name {other.name.split('_', 1)[1]}")
-    if preprocessed_root is not None and plan.split is not None and plan.split.folds is not None:
-        existing = preprocessed_root / plan.folder_name / SPLITS_FILE
-        if existing.exists() and not overwrite and _load_json(existing) != plan.split.folds:
-            problems.append(f"{existing} exists with a different split; pass --overwrite to replace it")
-    return problems
+def _split_overwrite_problems(plan: DatasetPlan, preprocessed_root: Path | None, overwrite: bool) -> list[str]:
+    """A split placed in nnUNet_preprocessed earlier may only be replaced by a different one with --overwrite."""
+    if preprocessed_root is None or plan.split is None or plan.split.folds is None:
+        return []
+    existing = preprocessed_root / plan.folder_name / SPLITS_FILE
+    if existing.exists() and not overwrite and _load_json(existing) != plan.split.folds:
+        return [f"{existing} exists with a different split; pass --overwrite to replace it"]
+    return []
 
 
 def _load_json(path: Path):
@@ -148,15 +138,6 @@ def _load_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json_atomically(data, destination: Path) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=destination.parent, prefix=f".{destination.name}.",
-                                     suffix=".tmp", delete=False) as handle:
-        json.dump(data, handle, indent=4)
-        temporary = Path(handle.name)
-    os.replace(temporary, destination)
 
 
 def _collect(outcomes: Iterable[CaseOutcome]) -> tuple[list[str], list[str]]:
@@ -189,7 +170,6 @@ def _check_label_values(outcomes: list[CaseOutcome], labels: dict[str, int]) -> 
 
 def _dataset_json_extras(plan: DatasetPlan, repaired: list[str], resized: list[str]) -> dict:
     extras = dict(plan.extra_json)
-    extras["converted_by"] = "nnunetv2_uc convert"
     if plan.split is not None:
         extras["split_protocol"] = plan.split.protocol
         extras["split_source"] = plan.split.source
@@ -207,57 +187,53 @@ def _dataset_json_extras(plan: DatasetPlan, repaired: list[str], resized: list[s
 
 def _write_metadata(plan: DatasetPlan, work_dir: Path, labels: dict[str, int], num_training: int,
                     extras: dict) -> None:
-    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-
-    generate_dataset_json(
-        str(work_dir), channel_names=dict(plan.channel_names), labels=dict(labels),
-        num_training_cases=num_training, file_ending=FILE_ENDING, dataset_name=plan.folder_name,
-        reference=plan.reference, license=plan.licence, description=plan.description,
-        converted_by="nnunetv2_uc convert", **{k: v for k, v in extras.items() if k != "converted_by"},
+    write_dataset_json(
+        work_dir, channel_names=plan.channel_names, labels=labels, num_training_cases=num_training,
+        dataset_name=plan.folder_name, reference=plan.reference, licence=plan.licence, description=plan.description,
+        converted_by="nnunetv2_uc convert", **extras,
     )
     if plan.split is not None and plan.split.folds is not None:
-        _write_json_atomically(plan.split.folds, work_dir / SPLITS_FILE)
+        atomic_write_json(work_dir / SPLITS_FILE, plan.split.folds)
     for file_name, text in plan.extra_files.items():
         (work_dir / file_name).write_text(text)
 
 
-def _move_into_place(work_dir: Path, target: Path) -> None:
-    """Replace ``target`` by ``work_dir`` with renames only (same file system), keeping the old one until done."""
-    backup = None
-    if target.exists():
-        backup = target.parent / f".{target.name}.replaced-{os.getpid()}"
-        os.replace(target, backup)
-    os.replace(work_dir, target)
-    if backup is not None:
-        shutil.rmtree(backup)
-
-
 def run_conversion(plan: DatasetPlan, processes: int = 1, overwrite: bool = False,
                    raw_root: Path | None = None, preprocessed_root: Path | None = None) -> ConversionResult:
-    """Validate, write and move the dataset into place; raises ConversionError listing every problem."""
+    """Validate, write and move the dataset into place. Raises ConversionError listing every problem, or
+    ConversionOverwriteRefused when replacing an existing dataset without ``overwrite`` is the only one."""
     raw_root = raw_root or _environment_folder("nnUNet_raw")
     preprocessed_root = preprocessed_root or _environment_folder("nnUNet_preprocessed")
     if raw_root is None:
         raise ConversionError(["the environment variable nnUNet_raw is not set; export nnUNet_raw=/path/to/raw"])
+    target = RawDatasetTarget(raw_root, plan.dataset_id, plan.name, preprocessed_root)
 
-    problems = plan.problems + _check_plan(plan) + _check_targets(plan, raw_root, preprocessed_root, overwrite)
+    problems = plan.problems + target.naming_problems() + _check_plan(plan) + target.id_clash_problems()
+    refusals = target.overwrite_problems(overwrite) + _split_overwrite_problems(plan, preprocessed_root, overwrite)
     inspections = _map(_inspect, plan.cases, processes, "checking")
     problems += [p for i in inspections for p in i.problems]
     warnings = [w for i in inspections for w in i.warnings]
     if problems:
-        raise ConversionError(problems, f"{plan.folder_name}: nothing was written")
+        raise ConversionError(refusals + problems, f"{plan.folder_name}: nothing was written")
+    if refusals:
+        raise ConversionOverwriteRefused(refusals, f"{plan.folder_name}: nothing was written")
 
-    raw_root.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{plan.folder_name}.partial-", dir=raw_root))
-    try:
-        return _write_dataset(plan, work_dir, raw_root, preprocessed_root, processes, warnings)
-    finally:
-        if work_dir.exists():
-            shutil.rmtree(work_dir)
+    with target.writing() as work_dir:
+        written = _write_dataset(plan, work_dir, processes)
+    return _place_splits(plan, target.path, preprocessed_root, written, warnings)
 
 
-def _write_dataset(plan: DatasetPlan, work_dir: Path, raw_root: Path, preprocessed_root: Path | None,
-                   processes: int, warnings: list[str]) -> ConversionResult:
+@dataclass
+class _Written:
+    """What writing the cases found out, for the summary."""
+
+    num_training: int
+    header_repaired: list[str]
+    resized: list[str]
+    warnings: list[str]
+
+
+def _write_dataset(plan: DatasetPlan, work_dir: Path, processes: int) -> _Written:
     subsets = {c.subset for c in plan.cases}
     for folder in ["imagesTr", "labelsTr"] + (["imagesTs"] if TEST in subsets else []) + \
             (["labelsTs"] if any(c.subset == TEST and c.has_label for c in plan.cases) else []):
@@ -273,19 +249,23 @@ def _write_dataset(plan: DatasetPlan, work_dir: Path, raw_root: Path, preprocess
     resized = sorted(o.case_id for o in outcomes if o.label_resampled_grid_differs)
     num_training = sum(c.subset == TRAIN for c in plan.cases)
     _write_metadata(plan, work_dir, labels, num_training, _dataset_json_extras(plan, repaired, resized))
-    target = raw_root / plan.folder_name
-    _move_into_place(work_dir, target)
+    return _Written(num_training, repaired, resized, case_warnings)
 
+
+def _place_splits(plan: DatasetPlan, dataset_dir: Path, preprocessed_root: Path | None, written: _Written,
+                  warnings: list[str]) -> ConversionResult:
+    """Copy splits_final.json to where nnU-Net reads it and sum up the conversion."""
     splits_files = []
     if plan.split is not None and plan.split.folds is not None:
-        splits_files.append(target / SPLITS_FILE)
+        splits_files.append(dataset_dir / SPLITS_FILE)
         if preprocessed_root is not None:
             placed = preprocessed_root / plan.folder_name / SPLITS_FILE
-            _write_json_atomically(plan.split.folds, placed)
+            atomic_write_json(placed, plan.split.folds)
             splits_files.append(placed)
     notes = list(plan.notes) + (plan.split.notes if plan.split else [])
-    if resized:
-        notes.append(f"{len(resized)} test label(s) kept at their original grid (predictions must be resized "
-                     f"nearest-neighbour before evaluation): {resized}")
-    return ConversionResult(target, splits_files, num_training, sum(c.subset == TEST for c in plan.cases),
-                            repaired, warnings + case_warnings, notes)
+    if written.resized:
+        notes.append(f"{len(written.resized)} test label(s) kept at their original grid (predictions must be "
+                     f"resized nearest-neighbour before evaluation): {written.resized}")
+    return ConversionResult(dataset_dir, splits_files, written.num_training,
+                            sum(c.subset == TEST for c in plan.cases), written.header_repaired,
+                            warnings + written.warnings, notes)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from nnunetv2.utilities.crossval_split import generate_crossval_split
+from sklearn.model_selection import GroupKFold
 
 NNUNET_SEED = 12345  # nnU-Net's own seed for its default 5-fold split
 DEFAULT_FOLDS = 5
@@ -28,8 +30,6 @@ def nnunet_default_folds(pool: list[str], n_folds: int = DEFAULT_FOLDS) -> tuple
 
     With fewer cases than folds, one fold per case is used; with fewer than two cases no split is possible.
     """
-    from nnunetv2.utilities.crossval_split import generate_crossval_split
-
     ids = sorted(pool)
     if len(ids) < 2:
         return None, [f"only {len(ids)} training case(s): no cross-validation split written"]
@@ -44,8 +44,6 @@ def nnunet_default_folds(pool: list[str], n_folds: int = DEFAULT_FOLDS) -> tuple
 def grouped_folds(groups: dict[str, str], n_folds: int = DEFAULT_FOLDS,
                   seed: int = NNUNET_SEED) -> tuple[list[dict] | None, list[str]]:
     """Seeded k-fold in which all cases of a group (e.g. both eyes of a patient) share a fold."""
-    from sklearn.model_selection import GroupKFold
-
     ids = sorted(groups)
     n_groups = len(set(groups.values()))
     if n_groups < 2:

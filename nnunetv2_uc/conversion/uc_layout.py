@@ -18,11 +18,10 @@ else for per-image z-score). Without --labels/--like the ids found in the masks 
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 from pathlib import Path
 
+from nnunetv2_uc.conversion import abdomenct1k, btcv, feta2021, flare2021, oimhs
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, NiftiCase
 from nnunetv2_uc.conversion.layout import input_folder, nifti_files, nifti_stem
 from nnunetv2_uc.conversion.pipeline import DatasetPlan
@@ -30,18 +29,11 @@ from nnunetv2_uc.conversion.splits import SplitPlan, nnunet_default_folds, singl
 
 DEFAULT_ID = 506
 DEFAULT_NAME = "UCLayout"
-LIKE = {"flare2021": ("CT", "flare2021"), "abdomenct1k": ("CT", "abdomenct1k"), "btcv": ("CT", "btcv"),
-        "feta2021": ("T2", "feta2021"), "oimhs": ("OCT", "oimhs")}
+#: --like DATASET -> (channel name, labels) of that dataset's converter
+LIKE = {"flare2021": ("CT", flare2021.LABELS), "abdomenct1k": ("CT", abdomenct1k.LABELS),
+        "btcv": ("CT", btcv.LABELS), "feta2021": ("T2", feta2021.LABELS), "oimhs": ("OCT", oimhs.scheme_labels("uc"))}
 SUBSETS = (("imagesTr", "labelsTr", TRAIN, ""), ("imagesVal", "labelsVal", TRAIN, "val_"),
            ("imagesTs", "original_labelTs", TEST, "test_"))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--like", choices=tuple(LIKE), help="take labels and channel name from this dataset")
-    parser.add_argument("--labels", metavar="JSON", help='label names -> ids, e.g. \'{"background": 0, "liver": 1}\' '
-                                                         "or a .json file")
-    parser.add_argument("--channel-name", metavar="NAME",
-                        help="channel name written to dataset.json: CT (CT normalisation), or e.g. T2/OCT (z-score)")
 
 
 def _case_stem(path: Path) -> str:
@@ -64,18 +56,19 @@ def pair_files(images: list[Path], labels: list[Path], where: str) -> tuple[list
     return [], [f"{where}: {len(images)} images but {len(labels)} labels, and names do not match: {missing[:10]}"], []
 
 
-def _labels_and_channel(args: argparse.Namespace) -> tuple[dict[str, int] | None, str | None, list[str]]:
-    labels, channel, problems = None, args.channel_name, []
-    if args.like:
-        default_channel, module = LIKE[args.like]
-        labels = dict(importlib.import_module(f"nnunetv2_uc.conversion.{module}").LABELS)
+def _labels_and_channel(like: str | None, labels_json: str | None, channel_name: str | None
+                        ) -> tuple[dict[str, int] | None, str | None, list[str]]:
+    labels, channel, problems = None, channel_name, []
+    if like:
+        default_channel, like_labels = LIKE[like]
+        labels = dict(like_labels)
         channel = channel or default_channel
-    if args.labels:
+    if labels_json:
         try:
-            text = Path(args.labels).read_text() if Path(args.labels).is_file() else args.labels
+            text = Path(labels_json).read_text() if Path(labels_json).is_file() else labels_json
             labels = {str(k): int(v) for k, v in json.loads(text).items()}
         except (ValueError, TypeError, AttributeError) as error:
-            problems.append(f"--labels {args.labels!r} is not a JSON object of name -> integer id ({error})")
+            problems.append(f"--labels {labels_json!r} is not a JSON object of name -> integer id ({error})")
     if labels is not None and sorted(labels.values()) != list(range(len(labels))):
         problems.append(f"--labels must give ids 0..N with background 0, got {sorted(labels.values())}")
     if channel is None:
@@ -84,9 +77,13 @@ def _labels_and_channel(args: argparse.Namespace) -> tuple[dict[str, int] | None
     return labels, channel, problems
 
 
-def build_plan(args: argparse.Namespace) -> DatasetPlan:
-    root = input_folder(args.input)
-    labels, channel, problems = _labels_and_channel(args)
+def build_plan(input_dir: str | Path, dataset_id: int = DEFAULT_ID, name: str = DEFAULT_NAME,
+               split: str = "paper", *, like: str | None = None, labels: str | None = None,
+               channel_name: str | None = None) -> DatasetPlan:
+    """``like``: a key of LIKE; ``labels``: JSON text or a .json file of name -> id (overrides ``like``'s);
+    ``channel_name``: overrides ``like``'s; one of the two is needed."""
+    root = input_folder(input_dir)
+    label_ids, channel, problems = _labels_and_channel(like, labels, channel_name)
     notes: list[str] = []
     cases: list[NiftiCase] = []
     used: set[str] = set()
@@ -119,17 +116,17 @@ def build_plan(args: argparse.Namespace) -> DatasetPlan:
             extra_files["shapes.json"] = shapes_file.read_text()
         except ValueError as error:
             problems.append(f"{shapes_file} is not valid JSON ({error})")
-    split = None
-    if args.split == "paper" and ids_per_subset.get("imagesVal"):
-        split = SplitPlan("uc_fixed_train_val", "uC layout: imagesTr = train, imagesVal = val (one fold)",
-                          folds=single_fold(ids_per_subset.get("imagesTr", []), ids_per_subset["imagesVal"]))
-    elif args.split == "paper":
+    split_plan = None
+    if split == "paper" and ids_per_subset.get("imagesVal"):
+        split_plan = SplitPlan("uc_fixed_train_val", "uC layout: imagesTr = train, imagesVal = val (one fold)",
+                               folds=single_fold(ids_per_subset.get("imagesTr", []), ids_per_subset["imagesVal"]))
+    elif split == "paper":
         folds, split_notes = nnunet_default_folds(ids_per_subset.get("imagesTr", []))
-        split = SplitPlan("nnunet_default_5fold", "no imagesVal folder: nnU-Net default 5 folds", folds=folds,
-                          notes=split_notes)
+        split_plan = SplitPlan("nnunet_default_5fold", "no imagesVal folder: nnU-Net default 5 folds",
+                               folds=folds, notes=split_notes)
     return DatasetPlan(
-        dataset_id=args.dataset_id, name=args.name, channel_names={"0": channel or ""}, labels=labels,
-        cases=cases, split=split, problems=problems, notes=notes,
+        dataset_id=dataset_id, name=name, channel_names={"0": channel or ""}, labels=label_ids,
+        cases=cases, split=split_plan, problems=problems, notes=notes,
         reference="uC repository layout (imagesTr/labelsTr/imagesVal/labelsVal/imagesTs/original_labelTs)",
         licence="as the source dataset", description=f"converted from the uC layout at {root.name}",
         extra_json=extra_json, extra_files=extra_files,

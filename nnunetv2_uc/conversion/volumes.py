@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
+import nibabel as nib
 import numpy as np
-
-if TYPE_CHECKING:  # SimpleITK is imported where used, so `nnunetv2_uc --help` stays fast
-    import SimpleITK as sitk
+import SimpleITK as sitk
 
 # Spacings closer than this (relative) are the same spacing written with float rounding.
 SPACING_RTOL = 1e-3
@@ -21,7 +18,7 @@ DIRECTION_ATOL = 1e-4
 MAX_LABEL_ID = 255
 
 
-class CaseProblem(Exception):
+class UnconvertibleCase(Exception):
     """One or more problems that make a case unconvertible; the message names the file(s) and the fix."""
 
 
@@ -62,8 +59,6 @@ class Geometry:
 
 def read_sitk_geometry(path: Path) -> Geometry:
     """Header-only read with SimpleITK (raises RuntimeError if SimpleITK rejects the file)."""
-    import SimpleITK as sitk
-
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -72,11 +67,9 @@ def read_sitk_geometry(path: Path) -> Geometry:
 
 
 def _nibabel_image(path: Path):
-    import nibabel as nib
-
     image = nib.load(str(path))
     if len(image.shape) != 3:
-        raise CaseProblem(f"{path}: expected a 3-D volume, found shape {image.shape}")
+        raise UnconvertibleCase(f"{path}: expected a 3-D volume, found shape {image.shape}")
     return image
 
 
@@ -91,7 +84,7 @@ def repaired_geometry_from_affine(affine: np.ndarray, shape: tuple[int, ...]) ->
     linear, origin = lps[:, :3], lps[:, 3]
     spacing = np.linalg.norm(linear, axis=0)
     if np.any(spacing <= 0):
-        raise CaseProblem(f"affine has a zero-length axis: {affine.tolist()}")
+        raise UnconvertibleCase(f"affine has a zero-length axis: {affine.tolist()}")
     u, _, vt = np.linalg.svd(linear / spacing)
     direction = u @ vt
     return Geometry(tuple(int(s) for s in shape), tuple(float(s) for s in spacing),
@@ -106,8 +99,6 @@ def read_repaired_geometry(path: Path) -> Geometry:
 
 def read_repaired_image(path: Path) -> sitk.Image:
     """Full read with nibabel, keeping the stored dtype when no intensity scaling applies."""
-    import SimpleITK as sitk
-
     image = _nibabel_image(path)
     array = np.asanyarray(image.dataobj)
     sitk_image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
@@ -123,23 +114,23 @@ def describe_read_error(path: Path, error: Exception) -> str:
 def to_label_array(array: np.ndarray, where: str, mapping: dict[int, int] | None = None) -> np.ndarray:
     """Round a (possibly float) mask, optionally remap ids, and return it as uint8.
 
-    Raises CaseProblem for NaNs and for values that cannot be label ids (negative, > 255, or, with a
+    Raises UnconvertibleCase for NaNs and for values that cannot be label ids (negative, > 255, or, with a
     mapping, not in it).
     """
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
-            raise CaseProblem(f"{where}: mask contains NaN/inf values")
+            raise UnconvertibleCase(f"{where}: mask contains NaN/inf values")
         array = np.rint(array)
     values = np.unique(array)
     bad = [v for v in values.tolist() if v < 0 or v > MAX_LABEL_ID]
     if bad:
-        raise CaseProblem(f"{where}: mask values {bad} cannot be label ids (expected 0..{MAX_LABEL_ID})")
+        raise UnconvertibleCase(f"{where}: mask values {bad} cannot be label ids (expected 0..{MAX_LABEL_ID})")
     labels = array.astype(np.uint8, copy=False)
     if mapping is None:
         return labels
     unknown = sorted(int(v) for v in values if int(v) not in mapping)
     if unknown:
-        raise CaseProblem(f"{where}: unexpected label values {unknown} (known: {sorted(mapping)})")
+        raise UnconvertibleCase(f"{where}: unexpected label values {unknown} (known: {sorted(mapping)})")
     lookup = np.zeros(MAX_LABEL_ID + 1, dtype=np.uint8)
     for source_id, target_id in mapping.items():
         lookup[source_id] = target_id
@@ -148,10 +139,8 @@ def to_label_array(array: np.ndarray, where: str, mapping: dict[int, int] | None
 
 def write_label(labels: np.ndarray, geometry: Geometry, destination: Path) -> None:
     """Write a uint8 (z, y, x) label array with the given geometry, compressed."""
-    import SimpleITK as sitk
-
     image = sitk.GetImageFromArray(labels)
     if tuple(image.GetSize()) != tuple(geometry.size):
-        raise CaseProblem(f"{destination.name}: label size {image.GetSize()} does not match the image size "
+        raise UnconvertibleCase(f"{destination.name}: label size {image.GetSize()} does not match the image size "
                           f"{geometry.size}")
     sitk.WriteImage(geometry.apply_to(image), str(destination), useCompression=True)

@@ -7,15 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from nnunetv2.imageio.reader_writer_registry import (LIST_OF_IO_CLASSES, determine_reader_writer_from_file_ending,
+                                                     recursive_find_reader_writer_by_name)
 
+from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.evaluation.metrics import CaseMetrics, EmptyMaskPolicy, evaluate_label_maps
 
 #: relative tolerance when comparing GT and prediction spacings (headers round-trip through float32)
 SPACING_RTOL = 1e-4
 
 
-class EvaluationInputError(Exception):
-    """A user-facing problem with the evaluation inputs (message names the file and the fix)."""
+class EvaluationInputError(UserError):
+    """A user-facing problem with the evaluation inputs (message names the file and the fix; exit code 2)."""
 
 
 @dataclass
@@ -25,14 +28,6 @@ class CasePair:
     name: str
     gt_path: str
     pred_path: str
-
-
-@dataclass
-class CaseProblem:
-    """Why a case could not be evaluated."""
-
-    case: str
-    message: str
 
 
 @dataclass
@@ -49,8 +44,6 @@ class LabelInfo:
 
 def supported_file_endings() -> list[str]:
     """Every file ending one of nnU-Net's reader/writer classes can read, longest first."""
-    from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
-
     endings = {e.lower() for io in LIST_OF_IO_CLASSES for e in io.supported_file_endings}
     return sorted(endings, key=len, reverse=True)
 
@@ -131,9 +124,6 @@ def load_label_info(dataset_json: str | None, labels: list[int] | None) -> Label
 def reader_class_for(example_files: list[str], file_ending: str, reader_writer: str | None) -> type:
     """The nnU-Net reader/writer class for these files: dataset.json's override, else the first class that reads
     one of ``example_files`` (nnU-Net's own rule; a few examples so one broken file does not decide)."""
-    from nnunetv2.imageio.reader_writer_registry import (determine_reader_writer_from_file_ending,
-                                                         recursive_find_reader_writer_by_name)
-
     if reader_writer and reader_writer != "None":
         return recursive_find_reader_writer_by_name(reader_writer)
     errors = []

@@ -7,16 +7,19 @@ from dataclasses import dataclass
 
 from nnunetv2_uc.evaluation.aggregate import summarize
 from nnunetv2_uc.evaluation.cases import (CasePair, EvaluationInputError, EvaluationJob, LabelInfo, evaluate_job,
-                                          list_cases, load_label_info, match_cases, reader_class_for)
+                                          list_cases, load_label_info, match_cases, reader_class_for,
+                                          split_case_name, supported_file_endings)
 from nnunetv2_uc.evaluation.metrics import STATUS_FALSE_POSITIVE, CaseMetrics, EmptyMaskPolicy
 
 
 class EvaluationFailed(EvaluationInputError):
-    """Bad input in one or more cases; ``problems`` holds one message per problem."""
+    """Bad input in one or more cases (exit code 2); ``problems`` holds one message per problem, and the message
+    lists them all."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("\n".join(problems))
+        super().__init__(f"{len(problems)} problem(s); nothing written (use --skip-bad to evaluate the rest):\n"
+                         + "\n".join(f"  {p}" for p in problems))
 
 
 @dataclass
@@ -47,8 +50,6 @@ def select_cases(gt_dir: str, pred_dir: str, file_ending: str | None, require_al
 
 
 def _ending_of(path: str) -> str:
-    from nnunetv2_uc.evaluation.cases import split_case_name, supported_file_endings
-
     split = split_case_name(os.path.basename(path), supported_file_endings())
     return split[1] if split else os.path.splitext(path)[1]
 

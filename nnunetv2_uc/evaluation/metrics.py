@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
 
 #: per-class metric keys written for every class (the JSON schema of issue 5)
 CLASS_METRICS: tuple[str, ...] = ("dice", "iou", "voe", "hd95", "hd95_pooled_vox", "assd", "ari_binary")
@@ -135,8 +137,6 @@ def overlap_metrics(tp: int, fp: int, fn: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- surfaces
 def surface_mask(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` not in its erosion by the face-connected structuring element (outside = background)."""
-    from scipy import ndimage
-
     structure = ndimage.generate_binary_structure(mask.ndim, 1)
     return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
@@ -157,8 +157,6 @@ def directed_surface_distances(from_surface: np.ndarray, to_surface: np.ndarray,
 
     Both are boolean masks of the same shape; returns a 1-D float64 array with one entry per True of ``from_surface``.
     """
-    from scipy.spatial import cKDTree
-
     targets = np.argwhere(to_surface) * spacing
     sources = np.argwhere(from_surface) * spacing
     tree = cKDTree(targets, balanced_tree=False, compact_nodes=False)
@@ -226,8 +224,6 @@ def evaluate_label_maps(gt: np.ndarray, pred: np.ndarray, spacing, labels: list[
     ``ignore_mask``: voxels that count for nothing (nnU-Net's ignore label): left out of every count and treated as
     background on both sides for the surfaces.
     """
-    from scipy import ndimage
-
     if gt.shape != pred.shape:
         raise ValueError(f"shape mismatch: gt {gt.shape} vs pred {pred.shape}")
     if ignore_mask is not None:

@@ -29,6 +29,7 @@ def _available_folds(model_dir: str) -> list[str]:
 def locate_training(dataset: str, trainer: str, configuration: str, plans: str = "nnUNetPlans",
                     folds: list[str] | None = None) -> TrainingFolders:
     """Resolve the folders from nnU-Net's environment variables; every missing piece is a clear error."""
+    # imported here, not at the top: nnunetv2.paths reads the nnUNet_* variables when it is first imported
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder

@@ -1,30 +1,37 @@
-"""Pictures of an evaluation: per-class box plots and one overlay PNG per case (three slices through the largest
-error, GT contours solid, prediction contours dashed, label colours with a legend)."""
+"""Pictures of segmentations: per-class box plots of an evaluation, one error overlay PNG per evaluated case
+(three slices through the largest error, GT contours solid, prediction contours dashed), and the image overlay
+(CT with the reference and the prediction side by side) that the demo writes per test case. Label colours and
+legends are the same in all of them.
+
+Figures are made with matplotlib's ``Figure`` directly (no pyplot): no GUI backend and no global figure state.
+"""
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from scipy import ndimage
 
+from nnunetv2_uc.evaluation.cases import read_label_map, reader_class_for
 from nnunetv2_uc.evaluation.report import display_name
 
 BOXPLOT_FILE = "boxplot_dice_hd95.png"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+#: CT window (HU) of the image overlay: abdominal soft tissue
+SOFT_TISSUE_WINDOW_HU = (-160, 240)
+#: opacity of the label colours over the image
+LABEL_ALPHA = 0.45
 
 
 def label_colours(label_ids: list[int]) -> dict[int, tuple]:
     """A distinct colour per label (tab10/tab20), stable for a given label list."""
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10" if len(label_ids) <= 10 else "tab20")
+    cmap = colormaps["tab10" if len(label_ids) <= 10 else "tab20"]
     return {label: cmap(i % cmap.N) for i, label in enumerate(sorted(label_ids))}
 
 
@@ -34,7 +41,6 @@ def _finite(values) -> list[float]:
 
 def write_boxplots(summary: dict, path: str) -> None:
     """Dice (%) and HD95 (mm) per class across cases; policy-filled distances are left out and counted."""
-    plt = _pyplot()
     labels = list(summary["labels"])
     filled = summary["empty_masks"]["filled_cases"]
     dice = [_finite(100 * e["per_class"][l]["dice"] for e in summary["per_case"]
@@ -43,7 +49,8 @@ def write_boxplots(summary: dict, path: str) -> None:
             for l in labels]
     names = [display_name(l, summary["labels"][l]) for l in labels]
     width = max(6.0, 0.7 * len(labels) + 2)
-    figure, axes = plt.subplots(2, 1, figsize=(width, 7), sharex=True)
+    figure = Figure(figsize=(width, 7))
+    axes = figure.subplots(2, 1, sharex=True)
     for axis, data, ylabel in ((axes[0], dice, "Dice (%)"), (axes[1], hd95, "HD95 (mm, directed max)")):
         positions = [i + 1 for i, d in enumerate(data) if d]
         if positions:
@@ -58,7 +65,6 @@ def write_boxplots(summary: dict, path: str) -> None:
     axes[1].set_title(f"HD95: {n_filled} empty-mask fill(s) (policy '{policy}') not shown", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def largest_error_point(gt: np.ndarray, pred: np.ndarray) -> tuple[int, ...]:
@@ -66,8 +72,6 @@ def largest_error_point(gt: np.ndarray, pred: np.ndarray) -> tuple[int, ...]:
 
     Falls back to the centre of the reference foreground (or of the image) when the prediction is perfect.
     """
-    from scipy import ndimage
-
     error = gt != pred
     if not error.any():
         foreground = np.argwhere(gt > 0)
@@ -85,7 +89,7 @@ def _draw_slice(axis, gt2d: np.ndarray, pred2d: np.ndarray, colours: dict[int, t
                 title: str) -> None:
     rgb = np.zeros(gt2d.shape + (3,))
     for label, colour in colours.items():
-        rgb[gt2d == label] = np.asarray(colour[:3]) * 0.45
+        rgb[gt2d == label] = np.asarray(colour[:3]) * LABEL_ALPHA
     rgb[(gt2d != pred2d)] += 0.25  # lighter where GT and prediction disagree
     axis.imshow(np.clip(rgb, 0, 1), aspect=aspect, interpolation="nearest")
     for label, colour in colours.items():
@@ -101,15 +105,12 @@ def _draw_slice(axis, gt2d: np.ndarray, pred2d: np.ndarray, colours: dict[int, t
 def write_overlay(gt: np.ndarray, pred: np.ndarray, spacing: np.ndarray, label_names: dict[int, str],
                   case: str, dice_by_label: dict[int, float], path: str) -> None:
     """Three orthogonal slices (or the single 2-D slice) through the largest error of one case."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    plt = _pyplot()
     colours = label_colours(list(label_names))
     point = largest_error_point(gt, pred)
     spatial_axes = [axis for axis in range(gt.ndim) if gt.shape[axis] > 1]
     cut_axes = spatial_axes if len(spatial_axes) == 3 else [a for a in range(gt.ndim) if a not in spatial_axes][:1]
-    figure, axes = plt.subplots(1, len(cut_axes), figsize=(4.2 * len(cut_axes) + 2.2, 4.6), squeeze=False)
+    figure = Figure(figsize=(4.2 * len(cut_axes) + 2.2, 4.6))
+    axes = figure.subplots(1, len(cut_axes), squeeze=False)
     for panel, cut in zip(axes[0], cut_axes):
         index = [slice(None)] * gt.ndim
         index[cut] = point[cut]
@@ -130,13 +131,39 @@ def write_overlay(gt: np.ndarray, pred: np.ndarray, spacing: np.ndarray, label_n
     figure.suptitle(f"{case}: slices through the largest error at {point}", fontsize=10)
     figure.tight_layout(rect=(0, 0, 1 - 2.1 / figure.get_figwidth(), 0.95))
     figure.savefig(path, dpi=100)
-    plt.close(figure)
+
+
+def most_foreground_slice(gt: np.ndarray) -> int:
+    """Index along axis 0 (z of a SimpleITK array) of the slice with the most reference foreground."""
+    return int(np.argmax((gt > 0).sum(axis=tuple(range(1, gt.ndim)))))
+
+
+def write_image_overlay(image_file: Path, gt_file: Path, pred_file: Path, label_names: dict[int, str],
+                        out_file: Path) -> None:
+    """CT (soft-tissue window) with the reference and the prediction side by side, on the axial slice with the
+    most reference foreground; ``label_names``: foreground label id -> name, for colours and the legend."""
+    image, gt, pred = (sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in (image_file, gt_file, pred_file))
+    z = most_foreground_slice(gt)
+    colours = label_colours(sorted(label_names))
+    figure = Figure(figsize=(6.4, 3.5))
+    axes = figure.subplots(1, 2)
+    for axis, seg, title in ((axes[0], gt[z], "reference"), (axes[1], pred[z], "prediction")):
+        axis.imshow(np.clip(image[z], *SOFT_TISSUE_WINDOW_HU), cmap="gray", interpolation="bilinear")
+        rgba = np.zeros(seg.shape + (4,))
+        for label, colour in colours.items():
+            rgba[seg == label] = (*colour[:3], LABEL_ALPHA)
+        axis.imshow(rgba, interpolation="nearest")
+        axis.set_title(f"{title} (slice {z})", fontsize=9)
+        axis.axis("off")
+    figure.legend(handles=[Patch(facecolor=colours[l], label=n) for l, n in sorted(label_names.items())],
+                  loc="lower center", ncol=len(label_names), fontsize=8, frameon=False)
+    figure.suptitle(Path(out_file).stem, fontsize=9)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.savefig(out_file, dpi=80)
 
 
 def write_plots(summary: dict, directory: str) -> list[str]:
     """Box plots plus one overlay per evaluated case into ``directory``; returns the written paths."""
-    from nnunetv2_uc.evaluation.cases import read_label_map, reader_class_for
-
     os.makedirs(directory, exist_ok=True)
     written = [os.path.join(directory, BOXPLOT_FILE)]
     write_boxplots(summary, written[0])

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
-import tempfile
 
 from nnunetv2_uc.evaluation.aggregate import ALL_CLASS_METRICS, to_json_compatible
 
@@ -19,21 +18,6 @@ TABLE_COLUMNS: tuple[tuple[str, str, float], ...] = (
     ("ASSD (mm)", "assd", 1.0),
     ("AdjRand (%) [3]", "ari_binary", 100.0),
 )
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and move it into place (no half-written outputs)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def json_text(summary: dict) -> str:
@@ -117,8 +101,6 @@ def comparison_table(summaries: dict[str, dict], title: str) -> str:
 
 def csv_text(summary: dict) -> str:
     """One row per (case, class): every per-class metric plus the case's multi-class ARI."""
-    import io
-
     filled = {(case, label) for label, cases in summary["empty_masks"]["filled_cases"].items() for case in cases}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
