@@ -169,3 +169,19 @@ def test_prepare_sets_cudnn_benchmark_on_cuda_as_nnunet_train_does(monkeypatch, 
     model, *_ = timing.prepare(StepSetup("plainunet", (16, 16, 16), device=device))
     assert isinstance(model, StaysOnCPU)
     assert torch.backends.cudnn.benchmark is benchmark
+
+
+def test_bench_inference_only_times_no_training_step(tmp_path):
+    out = tmp_path / "infer.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "nnunetv2_uc", "bench", "--arch", "uc3dunet", "plainunet", "--patch", "16", "16", "32",
+         "--volume", "16", "24", "48", "--no-mirroring", "--repeats", "1", "--classes", "2", "--inference-only",
+         "--json", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert all("train_step_s" not in r and r["inference_s"] > 0 for r in rows.values())
+    assert rows["plainunet"]["inference_x_plainunet"] == 1.0 and "step_x_plainunet" not in rows["uc3dunet"]
+    assert "training step" not in result.stderr and "| network | infer s | infer x plain |" in result.stdout
+    refused = subprocess.run([sys.executable, "-m", "nnunetv2_uc", "bench", "--inference-only"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--inference-only needs --volume" in refused.stderr
