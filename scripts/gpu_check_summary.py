@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Summarise a scripts/gpu_check.sh run: OUT/summary.md (to paste into BENCHMARKS.md) and OUT/summary.json.
 
 Usage: python scripts/gpu_check_summary.py OUT
