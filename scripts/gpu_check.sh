@@ -3,8 +3,8 @@
 # public commands only (nnunetv2_uc doctor / bench / synth, nnUNetv2_plan_and_preprocess, nnUNetv2_train).
 #
 # Usage: scripts/gpu_check.sh [--smoke]
-#   --smoke  tiny sizes on CPU, two networks, one trainer, no compiled step, 5x the step limits (tests the script;
-#            its numbers mean nothing)
+#   --smoke  tiny sizes on CPU, two networks, nnUNetTrainerUC_demo for 60 s instead of the _tiny trainers, no
+#            compiled step, 5x the step limits (tests the script; its numbers mean nothing)
 # Settings (environment, defaults in brackets):
 #   OUT [/tmp/out]          must be empty or absent: log.txt, steps.tsv, one JSON per measurement, logs/,
 #                           and summary.md (paste it into BENCHMARKS.md) + summary.json
@@ -51,7 +51,8 @@ export PYTHONUNBUFFERED=1
 if [[ $smoke -eq 1 ]]; then  # CPU: nnU-Net does not compile there either, and a CPU compile takes minutes
     device=cpu amp=off patch="${PATCH:-16 32 32}" memory_patch="32 32 32" volume="${VOLUME:-24 48 48}"
     repeats="${REPEATS:-1}" budget="${BUDGET_S:-2400}" cases=5 n_proc_da=1 train_device="-device cpu" cap_scale=5
-    nets="uc3dunet plainunet" trainers="nnUNetTrainerUC_tiny" compiled_nets=""
+    nets="uc3dunet plainunet" trainers="nnUNetTrainerUC_demo" compiled_nets=""
+    export nnunetv2_uc_demo_train_seconds=60  # the demo trainer's time budget (small patch, narrow network on CPU)
 else
     device=cuda amp=fp16 patch="${PATCH:-48 224 224}" memory_patch="128 128 128" volume="${VOLUME:-100 512 512}"
     repeats="${REPEATS:-3}" budget="${BUDGET_S:-450}" cases=8 n_proc_da=4 train_device="" cap_scale=1

@@ -18,7 +18,6 @@ from pathlib import Path
 NETWORKS = ("uxnet", "uc3dunet", "plainunet", "resenc_m")
 OURS = ("uxnet", "uc3dunet")
 STEP_TARGETS = {"uxnet": 2.0, "uc3dunet": 1.5}  # training step time / PlainConvUNet's (issue 13)
-TRAINERS = ("nnUNetTrainerUC_tiny", "nnUNetTrainerUXNet_tiny")
 GIB = 1024 ** 3
 
 
@@ -80,6 +79,8 @@ def verdict(value: float | None, limit: float) -> str:
 
 def summarise(out: Path) -> tuple[str, dict]:
     meta = load_json(out / "meta.json") or {}
+    ran = meta.get("networks", "").split()
+    networks = [n for n in NETWORKS if n in ran] if ran else list(NETWORKS)
     steps = read_steps(out)
     doctor = load_json(out / "doctor.json") or {"checks": []}
     environment = bench_environment(out)
@@ -89,8 +90,10 @@ def summarise(out: Path) -> tuple[str, dict]:
     infer = {tiles: bench_rows(out, *(f"infer{tiles}_{n}.json" for n in NETWORKS)) for tiles in (1, 4)}
     other_layout = bench_rows(out, "layout_ours_contiguous.json", "layout_nnunet_channels_last.json")
     fast_paths = bench_rows(out, "fast_paths_all.json")
-    logs = {t: out / "logs" / f"train_{t}.log" for t in TRAINERS}
-    training = {t: parse_training_log(path.read_text()) for t, path in logs.items() if path.is_file()}
+    trainers = sorted({s["step"][len("train_"):] for s in steps if s["step"].startswith("train_")}
+                      | {p.stem[len("train_"):] for p in (out / "logs").glob("train_*.log")})
+    training = {t: parse_training_log(path.read_text()) for t in trainers
+                if (path := out / "logs" / f"train_{t}.log").is_file()}
     total = (out / "total_seconds").read_text().strip() if (out / "total_seconds").is_file() else "?"
     driver = next((c["detail"] for c in doctor["checks"] if c["name"] == "cuda driver"), "-")
 
@@ -113,7 +116,7 @@ def summarise(out: Path) -> tuple[str, dict]:
            "depthwise share |", "|---|---|---|---|---|---|---|---|"]
     plain_eager = get(eager.get("plainunet"), "train_step_s")
     plain_compiled = get(compiled.get("plainunet"), "train_step_s")
-    for net in NETWORKS:
+    for net in networks:
         e, c = get(eager.get(net), "train_step_s"), get(compiled.get(net), "train_step_s")
         er, cr = ratio(e, plain_eager), ratio(c, plain_compiled)
         target = STEP_TARGETS.get(net)
@@ -128,7 +131,7 @@ def summarise(out: Path) -> tuple[str, dict]:
 
     md += ["", f"### Peak memory of a training step, batch 2 x {meta.get('memory_patch')}, AMP {meta.get('amp')}", "",
            "| network | peak GiB | kind |", "|---|---|---|"]
-    for net in NETWORKS:
+    for net in networks:
         peak = get(memory.get(net), "peak_memory_bytes")
         md.append(f"| {net} | {fmt(peak and peak / GIB, '.2f')} | {(memory.get(net) or {}).get('memory_kind', '-')} |")
         data["memory_128"][net] = peak
@@ -136,7 +139,7 @@ def summarise(out: Path) -> tuple[str, dict]:
     md += ["", f"### Layout and fast paths (training step s, {meta.get('patch')} x batch 2)", "",
            "| network | default layout s | other layout s | fast paths on this device s | faster layout |",
            "|---|---|---|---|---|"]
-    for net in NETWORKS:
+    for net in networks:
         default, other = get(eager.get(net), "train_step_s"), get(other_layout.get(net), "train_step_s")
         names = ("channels_last_3d", "contiguous") if net in OURS else ("contiguous", "channels_last_3d")
         fast = get(fast_paths.get(net), "train_step_s") if net in OURS else None
@@ -149,7 +152,7 @@ def summarise(out: Path) -> tuple[str, dict]:
            "", "| network | 1 tile per call s | 4 tiles per call s | 4 / 1 | 1 tile x plain | peak GiB (1 tile) |",
            "|---|---|---|---|---|---|"]
     plain_infer = get(infer[1].get("plainunet"), "inference_s")
-    for net in NETWORKS:
+    for net in networks:
         one, four = get(infer[1].get(net), "inference_s"), get(infer[4].get(net), "inference_s")
         peak = get(infer[1].get(net), "inference_peak_memory_bytes")
         md.append(f"| {net} | {fmt(one, '.2f')} | {fmt(four, '.2f')} | {fmt(ratio(four, one), '.2f')} | "
@@ -160,7 +163,7 @@ def summarise(out: Path) -> tuple[str, dict]:
            "| trainer | step | torch.compile | epochs | train_loss per epoch | val_loss per epoch | finite |",
            "|---|---|---|---|---|---|---|"]
     status = {s["step"]: s["status"] for s in steps}
-    for trainer in TRAINERS:
+    for trainer in trainers:
         t = training.get(trainer)
         ran = status.get(f"train_{trainer}", "not run")
         if t is None:

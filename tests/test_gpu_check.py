@@ -105,10 +105,10 @@ def test_gpu_check_smoke_runs_every_step_on_cpu(tmp_path):
     assert data["training_step"]["plainunet"]["eager_x_plain"] == 1.0
     assert data["layout"]["uc3dunet"]["contiguous"] > 0 and data["layout"]["uc3dunet"]["fast_paths_all"] > 0
     assert data["layout"]["plainunet"]["channels_last_3d"] > 0
-    training = data["training"]["nnUNetTrainerUC_tiny"]
-    assert training["epochs"] == 2 and training["finite"] and all(math.isfinite(v) for v in training["train_loss"])
+    training = data["training"]["nnUNetTrainerUC_demo"]
+    assert training["epochs"] >= 1 and training["finite"] and all(math.isfinite(v) for v in training["train_loss"])
     assert {c["name"] for c in data["doctor"]["checks"]} >= {"nnUNet_results", "cuda device"}
     md = (out / "summary.md").read_text()
-    assert md.startswith("## GPU check, SMOKE RUN ON CPU") and "| uc3dunet |" in md
+    assert md.startswith("## GPU check, SMOKE RUN ON CPU") and "| uc3dunet |" in md and "| uxnet |" not in md
     assert json.loads((out / "step_eager.json").read_text())["environment"]["fast_paths"] == "cpu"
     assert json.loads((out / "layout_ours_contiguous.json").read_text())["environment"]["layout"] == "contiguous"
