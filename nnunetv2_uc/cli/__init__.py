@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from nnunetv2_uc import __version__
+from nnunetv2_uc.errors import UserError
 
 # subcommand name -> module implementing it
 SUBCOMMANDS: dict[str, str] = {
@@ -21,7 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plans-override": "nnunetv2_uc.plans_override",
     "evaluate": "nnunetv2_uc.evaluation.cli",
     "synth": "nnunetv2_uc.synth",
-    "demo": "nnunetv2_uc.demo",
+    "demo": "nnunetv2_uc.cli.demo",
     "bench": "nnunetv2_uc.bench",
     "predict": "nnunetv2_uc.predict",
 }
@@ -55,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(only=command if command in SUBCOMMANDS else None).parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as error:
+        print(f"nnunetv2_uc {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":
