@@ -47,8 +47,12 @@ CONFIGURATION = "3d_fullres"
 PLANS = "nnUNetPlans"
 FOLD = "0"
 TRAINERS = {"uc3dunet": "nnUNetTrainerUC_demo", "uxnet": "nnUNetTrainerUXNet_demo"}
-#: nnUNet_n_proc_DA for the training step unless the user set it (measured on 2 cores: see README)
+#: nnUNet_n_proc_DA for training on the CPU unless the user set it: augmenting a demo batch takes ~0.04 s of one
+#: core, ~5 % of an iteration, so one worker keeps up and more would only compete with the network for the cores
 DATA_AUGMENTATION_WORKERS = 1
+#: OpenMP threads that wait at a barrier sleep instead of spinning: on a busy machine spinning threads burn the
+#: cores the working ones need (measured: 3-4x the CPU time per iteration beside other jobs; see README)
+OMP_WAIT_POLICY = "PASSIVE"
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,7 @@ def pipeline_env(paths: DemoPaths, device: str) -> dict[str, str]:
     })
     if device == "cpu":
         env["nnUNet_compile"] = "f"
+        env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     return env
 
 
@@ -228,7 +233,7 @@ def build_steps(settings: DemoSettings, paths: DemoPaths, device: str, clock: Ca
         return command
 
     def train_env() -> dict[str, str]:
-        return training_env(settings, clock())
+        return training_env(settings, device, clock())
 
     def mark_evaluated() -> None:
         paths.evaluated_marker.write_text(str(paths.predictions) + "\n")
@@ -259,15 +264,15 @@ def build_steps(settings: DemoSettings, paths: DemoPaths, device: str, clock: Ca
     ]
 
 
-def training_env(settings: DemoSettings, spent_s: float) -> dict[str, str]:
+def training_env(settings: DemoSettings, device: str, spent_s: float) -> dict[str, str]:
     """What the demo trainer reads: the seconds left of --minutes (none: no bound), what to do when its estimate
-    does not fit them, and how many test cases follow training (for the estimate); plus the augmentation
-    worker count unless the user chose one."""
+    does not fit them, and how many test cases follow training (for the estimate); on the CPU also the
+    augmentation worker count unless the user chose one."""
     env = {WHEN_SHORT_ENV: "fewer" if settings.allow_fewer_iterations else "stop",
            TEST_CASES_ENV: str(settings.test_cases)}
     if settings.minutes is not None:
         env[SECONDS_LEFT_ENV] = f"{max(settings.minutes * 60.0 - spent_s, 1.0):.0f}"
-    if "nnUNet_n_proc_DA" not in os.environ:
+    if device == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
         env["nnUNet_n_proc_DA"] = str(DATA_AUGMENTATION_WORKERS)
     return env
 

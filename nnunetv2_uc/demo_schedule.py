@@ -138,8 +138,9 @@ def decide(schedule: Schedule, epochs_left: int, measurement: Measurement, cases
     if seconds_left is None or needed.total_s <= seconds_left:
         bound = "" if seconds_left is None else f" (within the {minutes(seconds_left)} left of --minutes)"
         return Decision("full", schedule.iterations, needed, needed, seconds_left, plan + bound)
+    left = f"only {minutes(seconds_left)} are" if seconds_left > 0 else "no time is"
     short = (f"this machine needs about {math.ceil(needed.total_s / 60)} min for a reliable result "
-             f"({plan}), but only {minutes(seconds_left)} are left of --minutes")
+             f"({plan}), but {left} left of --minutes")
     if when_short == "stop":
         return Decision("stop", 0, needed, needed, seconds_left,
                         short + "; stopping before training. Re-run with a larger --minutes (or none), or add "

@@ -3,6 +3,7 @@ its up-front time estimate (with a fake timer)."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -132,13 +133,14 @@ def test_bad_settings_are_refused_with_the_fix(tmp_path: Path, capsys: pytest.Ca
 
 def test_the_training_step_gets_the_bound_the_policy_and_the_test_cases(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
-    env = demo.training_env(demo.DemoSettings(minutes=10, test_cases=4), spent_s=45.0)
+    env = demo.training_env(demo.DemoSettings(minutes=10, test_cases=4), "cpu", spent_s=45.0)
     assert env == {demo_schedule.SECONDS_LEFT_ENV: "555", demo_schedule.WHEN_SHORT_ENV: "stop",
                    demo_schedule.TEST_CASES_ENV: "4", "nnUNet_n_proc_DA": str(demo.DATA_AUGMENTATION_WORKERS)}
-    env = demo.training_env(demo.DemoSettings(allow_fewer_iterations=True), spent_s=45.0)
+    env = demo.training_env(demo.DemoSettings(allow_fewer_iterations=True), "cpu", spent_s=45.0)
     assert demo_schedule.SECONDS_LEFT_ENV not in env and env[demo_schedule.WHEN_SHORT_ENV] == "fewer"
+    assert "nnUNet_n_proc_DA" not in demo.training_env(demo.DemoSettings(), "cuda", spent_s=0.0)  # nnU-Net's
     monkeypatch.setenv("nnUNet_n_proc_DA", "3")  # the user's choice wins
-    assert "nnUNet_n_proc_DA" not in demo.training_env(demo.DemoSettings(), spent_s=0.0)
+    assert "nnUNet_n_proc_DA" not in demo.training_env(demo.DemoSettings(), "cpu", spent_s=0.0)
 
 
 def test_a_stop_before_training_ends_the_demo_with_the_fix(capsys: pytest.CaptureFixture) -> None:
@@ -226,6 +228,8 @@ def test_when_nothing_fits_one_iteration_per_epoch_runs_and_says_it_is_over() ->
     decision = demo_schedule.decide(SCHEDULE, 20, Measurement(5.0, 1.0), 10, 18, seconds_left=60, when_short="fewer")
     assert decision.iterations == 1 and decision.estimate.total_s > 60
     assert "even that takes about" in decision.message
+    late = demo_schedule.decide(SCHEDULE, 20, FAST, 10, 18, seconds_left=-5, when_short="stop")
+    assert late.action == "stop" and "but no time is left of --minutes" in late.message
     with pytest.raises(ValueError, match="when_short"):
         demo_schedule.decide(SCHEDULE, 20, FAST, 10, 18, seconds_left=None, when_short="maybe")
 
@@ -264,6 +268,7 @@ def test_demo_trainers_are_found_through_the_shim(monkeypatch: pytest.MonkeyPatc
     env = demo.pipeline_env(demo.DemoPaths(Path("/tmp/x"), "t"), "cpu")
     assert shim_directory() in env["nnUNet_extTrainer"].split(":")
     assert env["nnUNet_compile"] == "f" and env["nnUNet_raw"] == "/tmp/x/nnUNet_raw"
+    assert env["OMP_WAIT_POLICY"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setenv("nnUNet_extTrainer", env["nnUNet_extTrainer"])
     for name in ("nnUNetTrainerUC_demo", "nnUNetTrainerUXNet_demo"):
         cls = recursive_find_trainer_class_by_name(name)
@@ -282,7 +287,7 @@ def test_demo_trainer_fixes_patch_batch_and_cpu_width_in_the_plans() -> None:
     for config in (cpu["configurations"]["3d_fullres"], gpu["configurations"]["3d_fullres"]):
         assert config["patch_size"] == list(demo_trainers.DemoScheduleMixin.demo_patch_size)
         assert config["batch_size"] == 2 and config["uc_fixed_patch"] is True
-    assert cpu["configurations"]["3d_fullres"]["uc3dunet_kwargs"] == {"features": [8, 16, 32, 64, 128, 8]}
+    assert cpu["configurations"]["3d_fullres"]["uc3dunet_kwargs"] == {"features": [16, 32, 64, 128, 256, 16]}
     assert "uc3dunet_kwargs" not in gpu["configurations"]["3d_fullres"]  # paper width on a GPU
 
 
@@ -296,7 +301,7 @@ def test_demo_end_to_end_with_the_stock_commands_then_reuse(tmp_path: Path) -> N
     workdir = tmp_path / "demo"
     command = [sys.executable, "-m", "nnunetv2_uc", "demo", "--workdir", str(workdir), "--device", "cpu",
                "--cases", "5", "--test-cases", "1", "--minutes", "1", "--allow-fewer-iterations"]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "this machine needs about" in first.stdout and "Dice will be lower" in first.stdout
     assert "epoch 20/20 done" in first.stdout and "of training left" in first.stdout
