@@ -153,8 +153,11 @@ def decide(schedule: Schedule, epochs_left: int, measurement: Measurement, cases
                             f"(--allow-fewer-iterations): Dice will be lower than with the full schedule{over}")
 
 
-def progress(epoch_done: int, epochs: int, mean_epoch_s: float, after_training_s: float) -> str:
-    """One line after an epoch: how far, and the time left (training from the measured epochs, then the rest)."""
+def progress(epoch_done: int, epochs: int, mean_epoch_s: float, planned_epoch_s: float,
+             after_training_s: float) -> str:
+    """One line after an epoch: how far, and the time left. Training from the measured epochs; what follows from
+    the up-front estimate, scaled by how much slower (or faster) the epochs are than planned."""
     left = (epochs - epoch_done) * mean_epoch_s
+    after = after_training_s * mean_epoch_s / max(planned_epoch_s, 1e-9)
     return (f"epoch {epoch_done}/{epochs} done ({mean_epoch_s:.1f} s per epoch): about {minutes(left)} of "
-            f"training left, then about {minutes(after_training_s)} for validation, prediction and evaluation")
+            f"training left, then about {minutes(after)} for validation, prediction and evaluation")

@@ -235,9 +235,12 @@ def test_when_nothing_fits_one_iteration_per_epoch_runs_and_says_it_is_over() ->
 
 
 def test_progress_reports_the_time_left() -> None:
-    line = demo_schedule.progress(5, 20, mean_epoch_s=12.0, after_training_s=90.0)
+    line = demo_schedule.progress(5, 20, mean_epoch_s=12.0, planned_epoch_s=12.0, after_training_s=90.0)
     assert line == ("epoch 5/20 done (12.0 s per epoch): about 3.0 min of training left, then about 1.5 min for "
                     "validation, prediction and evaluation")
+    # the machine got twice as slow as measured before training: what follows training will too
+    slower = demo_schedule.progress(5, 20, mean_epoch_s=24.0, planned_epoch_s=12.0, after_training_s=90.0)
+    assert "about 6.0 min of training left, then about 3.0 min for" in slower
 
 
 def test_sliding_window_tiles_follow_nnunets_steps() -> None:

@@ -129,7 +129,9 @@ class DemoScheduleMixin:
             sys.exit(demo_schedule.STOPPED_EXIT_CODE)
         self.num_iterations_per_epoch = decision.iterations
         self.demo_after_training_s = decision.estimate.after_training_s
+        self.demo_planned_epoch_s = decision.estimate.training_s / max(self.num_epochs - self.current_epoch, 1)
         self.demo_epoch_seconds: list[float] = []
+        self.demo_epoch_clock = perf_counter()
 
     def _decide(self) -> Decision:
         measurement = self.measure()
@@ -185,12 +187,13 @@ class DemoScheduleMixin:
     def on_epoch_end(self) -> None:
         finished = self.current_epoch + 1
         super().on_epoch_end()
-        start = self.logger.get_value("epoch_start_timestamps", step=-1)
-        end = self.logger.get_value("epoch_end_timestamps", step=-1)
-        self.demo_epoch_seconds.append(end - start)
+        now = perf_counter()  # after nnU-Net's checkpoint and progress.png, which are part of an epoch's cost
+        self.demo_epoch_seconds.append(now - self.demo_epoch_clock)
+        self.demo_epoch_clock = now
         mean_epoch = float(np.mean(self.demo_epoch_seconds[-5:]))  # recent epochs: follows a changing load
         self.print_to_log_file("[nnunetv2_uc demo] " + demo_schedule.progress(
-            finished, self.num_epochs, mean_epoch, self.demo_after_training_s), also_print_to_console=True)
+            finished, self.num_epochs, mean_epoch, self.demo_planned_epoch_s, self.demo_after_training_s),
+            also_print_to_console=True)
 
 
 class nnUNetTrainerUC_demo(DemoScheduleMixin, nnUNetTrainerUC):
