@@ -36,7 +36,8 @@ import SimpleITK as sitk
 import torch
 from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 
-from nnunetv2_uc.demo_schedule import SECONDS_LEFT_ENV, STOPPED_EXIT_CODE, TEST_CASES_ENV, WHEN_SHORT_ENV
+from nnunetv2_uc.demo_schedule import (DEMO_TRAINERS, SECONDS_LEFT_ENV, STOPPED_EXIT_CODE, TEST_CASES_ENV,
+                                       WHEN_SHORT_ENV)
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.evaluation.plots import label_colours
 from nnunetv2_uc.registration import ENV_VAR, ext_trainer_value
@@ -46,12 +47,12 @@ DATASET_NAME = "SyntheticCT"
 CONFIGURATION = "3d_fullres"
 PLANS = "nnUNetPlans"
 FOLD = "0"
-TRAINERS = {"uc3dunet": "nnUNetTrainerUC_demo", "uxnet": "nnUNetTrainerUXNet_demo"}
+TRAINERS = DEMO_TRAINERS
 #: nnUNet_n_proc_DA for training on the CPU unless the user set it: augmenting a demo batch takes ~0.04 s of one
 #: core, ~5 % of an iteration, so one worker keeps up and more would only compete with the network for the cores
 DATA_AUGMENTATION_WORKERS = 1
 #: OpenMP threads that wait at a barrier sleep instead of spinning: on a busy machine spinning threads burn the
-#: cores the working ones need (measured: 3-4x the CPU time per iteration beside other jobs; see README)
+#: cores the working ones need (measured: 3-4x the CPU time per iteration beside other jobs; docs/demo_schedule.md)
 OMP_WAIT_POLICY = "PASSIVE"
 
 
@@ -364,7 +365,8 @@ def run_step(step: Step, env: dict[str, str], dry_run: bool) -> int:
 
 
 def run_pipeline(steps: list[Step], env: dict[str, str], dry_run: bool = False) -> int:
-    """Run the steps in order, reusing finished ones. Returns 0, or 1 after naming the failed step."""
+    """Run the steps in order, reusing finished ones. Returns 0, 1 after naming the failed step, or
+    STOPPED_EXIT_CODE when the trainer's estimate did not fit --minutes and it stopped before training."""
     for index, step in enumerate(steps, start=1):
         if step.done():
             status(index, len(steps), step, "reused (already done)")

@@ -5,7 +5,8 @@ synthetic data whatever the machine's speed. Time is only estimated: the demo tr
 iterations and one inference tile, and this module turns those measurements into the expected seconds of
 what is left (training, nnU-Net's final validation, prediction of the test cases, evaluation), checks them
 against the user's optional ``--minutes`` bound and words the result. ``demo.py`` (which starts the trainer)
-and ``trainers/demo_trainers.py`` (which measures) both read the environment variable names from here.
+and ``trainers/demo_trainers.py`` (which measures) both read the environment variable names from here, and the
+CLI the trainer names (this module stays free of heavy imports).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable
 
+#: the demo's trainer for each ``--arch``
+DEMO_TRAINERS = {"uc3dunet": "nnUNetTrainerUC_demo", "uxnet": "nnUNetTrainerUXNet_demo"}
 #: seconds left of ``--minutes`` when the training step starts (unset: no bound)
 SECONDS_LEFT_ENV = "nnunetv2_uc_demo_seconds_left"
 #: what the trainer does when the estimate exceeds the seconds left: "stop" or "fewer" (fewer iterations)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-ARCHS = ("uc3dunet", "uxnet")
+from nnunetv2_uc.demo_schedule import DEMO_TRAINERS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", choices=ARCHS, default="uc3dunet", help="network to train (default uc3dunet)")
+    parser.add_argument("--arch", choices=sorted(DEMO_TRAINERS), default="uc3dunet", help="network to train (default uc3dunet)")
     parser.add_argument("--workdir", default="demo", help="folder for all data, models and results (default ./demo)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="upper bound on the whole demo's wall time (default: none). Before training the "
