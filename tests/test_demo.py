@@ -290,7 +290,7 @@ def test_demo_trainer_fixes_patch_batch_and_cpu_width_in_the_plans() -> None:
     for config in (cpu["configurations"]["3d_fullres"], gpu["configurations"]["3d_fullres"]):
         assert config["patch_size"] == list(demo_trainers.DemoScheduleMixin.demo_patch_size)
         assert config["batch_size"] == 2 and config["uc_fixed_patch"] is True
-    assert cpu["configurations"]["3d_fullres"]["uc3dunet_kwargs"] == {"features": [16, 32, 64, 128, 256, 16]}
+    assert cpu["configurations"]["3d_fullres"]["uc3dunet_kwargs"] == {"features": [8, 16, 32, 64, 128, 8]}
     assert "uc3dunet_kwargs" not in gpu["configurations"]["3d_fullres"]  # paper width on a GPU
 
 
