@@ -34,6 +34,7 @@ class NetworkEntry:
     summary: str
     build_for_patch: PatchBuilder
     trainer: str | None = None
+    demo_trainer: str | None = None
     legacy_kwargs_key: str | None = None
     original: OriginalCheckpoint | None = None
     reference: bool = False
@@ -103,9 +104,11 @@ def _nnunet_network(residual: bool) -> PatchBuilder:
 
 NETWORKS: dict[str, NetworkEntry] = {entry.name: entry for entry in (
     NetworkEntry("uxnet", uxnet.UXNet, "3D UX-Net (ICLR 2023), paper configuration", _paper_network(uxnet.UXNet),
-                 trainer="nnUNetTrainerUXNet", legacy_kwargs_key="uxnet_kwargs", original=uxnet.ORIGINAL_CHECKPOINT),
+                 trainer="nnUNetTrainerUXNet", demo_trainer="nnUNetTrainerUXNet_demo",
+                 legacy_kwargs_key="uxnet_kwargs", original=uxnet.ORIGINAL_CHECKPOINT),
     NetworkEntry("uc3dunet", uc3dunet.UC3DUNet, "uC 3DU-Net (NeurIPS 2024), paper configuration",
-                 _paper_network(uc3dunet.UC3DUNet), trainer="nnUNetTrainerUC", legacy_kwargs_key="uc3dunet_kwargs",
+                 _paper_network(uc3dunet.UC3DUNet), trainer="nnUNetTrainerUC", demo_trainer="nnUNetTrainerUC_demo",
+                 legacy_kwargs_key="uc3dunet_kwargs",
                  original=uc3dunet.ORIGINAL_CHECKPOINT),
     NetworkEntry("plainunet", PlainConvUNet, "nnU-Net's default U-Net (PlainConvUNet) as planned for the patch",
                  _nnunet_network(residual=False), reference=True),
@@ -124,6 +127,11 @@ def network_entry(name: str) -> NetworkEntry:
 def entry_for_class(network_class: type) -> NetworkEntry | None:
     """The entry of a network class (None for a class the registry does not know)."""
     return next((e for e in NETWORKS.values() if e.network_class is network_class), None)
+
+
+def demo_networks() -> dict[str, str]:
+    """Network name -> the trainer `nnunetv2_uc demo` trains it with."""
+    return {name: entry.demo_trainer for name, entry in NETWORKS.items() if entry.demo_trainer}
 
 
 def original_networks() -> list[str]:
