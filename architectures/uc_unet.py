@@ -191,7 +191,8 @@ class UShapedSkipFusion(nn.Module):
         axes = in_plane_axes(self.u_connection.slice_axis)
         slices = math.prod(n for a, n in enumerate(size) if a not in axes)
         plane = [size[a] for a in axes]
-        return slices * self.u_connection.unet.compute_conv_feature_map_size(plane) + self.fusion.fuse.out_channels * math.prod(size)
+        fused = self.fusion.fuse.out_channels * math.prod(size)
+        return slices * self.u_connection.unet.compute_conv_feature_map_size(plane) + fused
 
 
 class UCUNetDecoder(UNetDecoder):
@@ -276,8 +277,7 @@ class _UCUNet(AbstractDynamicNetworkArchitectures):
 
     def check_input(self, x: torch.Tensor) -> None:
         axes = in_plane_axes(self.uc_slice_axis)
-        plane = [x.shape[2 + a] for a in axes]
-        if x.ndim != 5 or any(n < m for n, m in zip(plane, self._min_plane)):
+        if x.ndim != 5 or any(x.shape[2 + a] < m for a, m in zip(axes, self._min_plane)):
             raise ValueError(f"{type(self).__name__} expects (B, C, D0, D1, D2) with in-plane axes {axes} of at least "
                              f"{list(self._min_plane)} voxels for its uC stages {self.uc_stages} (2-D depths "
                              f"{self.uc_depths}); got shape {tuple(x.shape)}. Use the plan's patch_size")

@@ -370,3 +370,18 @@ def test_skip_unet_with_doubling_widths_keeps_the_originals_shapes():
     assert shapes == {"upsample.0.weight": (16, 8, 2, 2), "upsample.1.weight": (8, 4, 2, 2),
                       "decoder.0.convs.0.conv.weight": (8, 16, 3, 3), "decoder.0.convs.1.conv.weight": (8, 8, 3, 3),
                       "decoder.1.convs.0.conv.weight": (4, 8, 3, 3), "decoder.1.convs.1.conv.weight": (4, 4, 3, 3)}
+
+
+def test_slice_axis_last_folds_the_last_axis_and_plans_on_axes_0_and_1():
+    strides = [[1, 1, 1], [2, 2, 1], [2, 2, 2]]
+    # in-plane maps (axes 0, 1): 32x16 at stage 0, 16x8 at stage 1; the smaller side decides
+    assert uc_arch_kwargs((32, 16, 6), strides, slice_axis="last") == {
+        "uc_stages": [0], "uc_depths": [2], "uc_slice_axis": "last"}
+    uc = uc_arch_kwargs((32, 16, 6), strides, uc_stages=[0, 1], slice_axis="last")
+    assert uc["uc_depths"] == [2, 1]
+    net = UCPlainConvUNet(input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=nn.Conv3d,
+                          kernel_sizes=3, strides=strides, n_conv_per_stage=1, n_conv_per_stage_decoder=1,
+                          num_classes=2, norm_op=nn.InstanceNorm3d, nonlin=nn.ReLU, **uc)
+    assert net(torch.randn(1, 1, 32, 16, 6)).shape == (1, 2, 32, 16, 6)
+    with pytest.raises(ValueError, match=r"in-plane axes \(0, 1\) of at least \[4, 4\]"):
+        net(torch.randn(1, 1, 2, 16, 6))
