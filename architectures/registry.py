@@ -16,7 +16,7 @@ from nnunetv2.experiment_planning.experiment_planners.network_topology import ge
 from torch import nn
 
 from nnunetv2_uc.architectures.original_checkpoints import OriginalCheckpoint
-from nnunetv2_uc.architectures import uc3dunet, uxnet
+from nnunetv2_uc.architectures import uc3dunet, uc_unet, uxnet
 
 #: (input_channels, num_classes, patch, activation_checkpointing) -> network, for cost and bench
 PatchBuilder = Callable[[int, int, Sequence[int], bool], nn.Module]
@@ -86,7 +86,9 @@ def nnunet_topology(patch: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 
 RESENC_M_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnUNetPlannerResEncM's encoder blocks per stage
 
 
-def _nnunet_network(residual: bool) -> PatchBuilder:
+def _nnunet_network(residual: bool, with_uc: bool = False) -> PatchBuilder:
+    """nnU-Net's plain or ResEnc M U-Net as its planners build it for a patch (no DS heads); ``with_uc`` puts uC
+    connections on it with the defaults a planner derives from the patch."""
     def build(input_channels: int, num_classes: int, patch: Sequence[int], checkpointing: bool) -> nn.Module:
         if checkpointing:
             raise ValueError("nnU-Net's networks have no activation checkpointing option")
@@ -94,11 +96,15 @@ def _nnunet_network(residual: bool) -> PatchBuilder:
         n = topology["n_stages"]
         common = dict(conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
                       nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+        if with_uc:
+            common.update(uc_unet.uc_arch_kwargs(patch, topology["strides"]))
         args = (input_channels, n, topology["features_per_stage"], nn.Conv3d, topology["kernel_sizes"],
                 topology["strides"])
         if residual:
-            return ResidualEncoderUNet(*args, list(RESENC_M_BLOCKS[:n]), num_classes, [1] * (n - 1), **common)
-        return PlainConvUNet(*args, [2] * n, num_classes, [2] * (n - 1), **common)
+            network_class = uc_unet.UCResidualEncoderUNet if with_uc else ResidualEncoderUNet
+            return network_class(*args, list(RESENC_M_BLOCKS[:n]), num_classes, [1] * (n - 1), **common)
+        network_class = uc_unet.UCPlainConvUNet if with_uc else PlainConvUNet
+        return network_class(*args, [2] * n, num_classes, [2] * (n - 1), **common)
     return build
 
 
@@ -110,6 +116,9 @@ NETWORKS: dict[str, NetworkEntry] = {entry.name: entry for entry in (
                  _paper_network(uc3dunet.UC3DUNet), trainer="nnUNetTrainerUC", demo_trainer="nnUNetTrainerUC_demo",
                  legacy_kwargs_key="uc3dunet_kwargs",
                  original=uc3dunet.ORIGINAL_CHECKPOINT),
+    NetworkEntry("uc-nnunet", uc_unet.UCPlainConvUNet,
+                 "uC connections on nnU-Net's planned U-Net (plain or ResEnc), with deep supervision",
+                 _nnunet_network(residual=False, with_uc=True)),
     NetworkEntry("plainunet", PlainConvUNet, "nnU-Net's default U-Net (PlainConvUNet) as planned for the patch",
                  _nnunet_network(residual=False), reference=True),
     NetworkEntry("resenc_m", ResidualEncoderUNet, "nnU-Net's ResEnc M U-Net as planned for the patch",
