@@ -16,7 +16,7 @@ from nnunetv2.experiment_planning.experiment_planners.network_topology import ge
 from torch import nn
 
 from nnunetv2_uc.architectures.original_checkpoints import OriginalCheckpoint
-from nnunetv2_uc.architectures import uc3dunet, uxnet
+from nnunetv2_uc.architectures import uc3dunet, uc_unet, uxnet
 
 #: (input_channels, num_classes, patch, activation_checkpointing) -> network, for cost and bench
 PatchBuilder = Callable[[int, int, Sequence[int], bool], nn.Module]
@@ -34,6 +34,7 @@ class NetworkEntry:
     summary: str
     build_for_patch: PatchBuilder
     trainer: str | None = None
+    demo_trainer: str | None = None
     legacy_kwargs_key: str | None = None
     original: OriginalCheckpoint | None = None
     reference: bool = False
@@ -85,7 +86,9 @@ def nnunet_topology(patch: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 
 RESENC_M_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)  # nnUNetPlannerResEncM's encoder blocks per stage
 
 
-def _nnunet_network(residual: bool) -> PatchBuilder:
+def _nnunet_network(residual: bool, with_uc: bool = False) -> PatchBuilder:
+    """nnU-Net's plain or ResEnc M U-Net as its planners build it for a patch (no DS heads); ``with_uc`` puts uC
+    connections on it with the defaults a planner derives from the patch."""
     def build(input_channels: int, num_classes: int, patch: Sequence[int], checkpointing: bool) -> nn.Module:
         if checkpointing:
             raise ValueError("nnU-Net's networks have no activation checkpointing option")
@@ -93,20 +96,29 @@ def _nnunet_network(residual: bool) -> PatchBuilder:
         n = topology["n_stages"]
         common = dict(conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
                       nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+        if with_uc:
+            common.update(uc_unet.uc_arch_kwargs(patch, topology["strides"]))
         args = (input_channels, n, topology["features_per_stage"], nn.Conv3d, topology["kernel_sizes"],
                 topology["strides"])
         if residual:
-            return ResidualEncoderUNet(*args, list(RESENC_M_BLOCKS[:n]), num_classes, [1] * (n - 1), **common)
-        return PlainConvUNet(*args, [2] * n, num_classes, [2] * (n - 1), **common)
+            network_class = uc_unet.UCResidualEncoderUNet if with_uc else ResidualEncoderUNet
+            return network_class(*args, list(RESENC_M_BLOCKS[:n]), num_classes, [1] * (n - 1), **common)
+        network_class = uc_unet.UCPlainConvUNet if with_uc else PlainConvUNet
+        return network_class(*args, [2] * n, num_classes, [2] * (n - 1), **common)
     return build
 
 
 NETWORKS: dict[str, NetworkEntry] = {entry.name: entry for entry in (
     NetworkEntry("uxnet", uxnet.UXNet, "3D UX-Net (ICLR 2023), paper configuration", _paper_network(uxnet.UXNet),
-                 trainer="nnUNetTrainerUXNet", legacy_kwargs_key="uxnet_kwargs", original=uxnet.ORIGINAL_CHECKPOINT),
+                 trainer="nnUNetTrainerUXNet", demo_trainer="nnUNetTrainerUXNet_demo",
+                 legacy_kwargs_key="uxnet_kwargs", original=uxnet.ORIGINAL_CHECKPOINT),
     NetworkEntry("uc3dunet", uc3dunet.UC3DUNet, "uC 3DU-Net (NeurIPS 2024), paper configuration",
-                 _paper_network(uc3dunet.UC3DUNet), trainer="nnUNetTrainerUC", legacy_kwargs_key="uc3dunet_kwargs",
+                 _paper_network(uc3dunet.UC3DUNet), trainer="nnUNetTrainerUC", demo_trainer="nnUNetTrainerUC_demo",
+                 legacy_kwargs_key="uc3dunet_kwargs",
                  original=uc3dunet.ORIGINAL_CHECKPOINT),
+    NetworkEntry("uc-nnunet", uc_unet.UCPlainConvUNet,
+                 "uC connections on nnU-Net's planned U-Net (plain or ResEnc), with deep supervision",
+                 _nnunet_network(residual=False, with_uc=True)),
     NetworkEntry("plainunet", PlainConvUNet, "nnU-Net's default U-Net (PlainConvUNet) as planned for the patch",
                  _nnunet_network(residual=False), reference=True),
     NetworkEntry("resenc_m", ResidualEncoderUNet, "nnU-Net's ResEnc M U-Net as planned for the patch",
@@ -124,6 +136,11 @@ def network_entry(name: str) -> NetworkEntry:
 def entry_for_class(network_class: type) -> NetworkEntry | None:
     """The entry of a network class (None for a class the registry does not know)."""
     return next((e for e in NETWORKS.values() if e.network_class is network_class), None)
+
+
+def demo_networks() -> dict[str, str]:
+    """Network name -> the trainer `nnunetv2_uc demo` trains it with."""
+    return {name: entry.demo_trainer for name, entry in NETWORKS.items() if entry.demo_trainer}
 
 
 def original_networks() -> list[str]:

@@ -87,6 +87,10 @@ class UC3DUNet(AbstractDynamicNetworkArchitectures):
             raise ValueError(f"features needs 6 widths (f0..f4 encoder, f5 decoder), got {f}")
         if any(level not in (0, 1, 2, 3) for level in uc_levels):
             raise ValueError(f"uc_levels must be skip levels among 0..3, got {list(uc_levels)}")
+        for level in uc_levels:  # the original's 2-D U-Net on level l is built for widths f_l..f4 that double
+            if any(2 * a != b for a, b in zip(f[level:4], f[level + 1:5])):
+                raise ValueError(f"UC3DUNet's uC on level {level} needs widths f{level}..f4 each double the previous, "
+                                 f"got {f[level:5]}")
         self.input_channels = input_channels
         self.num_classes = num_classes
         self.slice_axis = slice_axis

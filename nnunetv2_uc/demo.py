@@ -4,8 +4,11 @@ Steps, each a subprocess whose own log is shown, with a one-line status per step
   1 synth        nnunetv2_uc synth (24 training + 6 held-out cases, 4 organs, anisotropic CT)
   2 plan         nnUNetv2_plan_and_preprocess -c 3d_fullres --verify_dataset_integrity
   3 train        nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerUC_demo (or nnUNetTrainerUXNet_demo):
-                 20 epochs whose length is fitted to what is left of --minutes (70 % of it, minus the steps
-                 before; the rest is kept for nnU-Net's final validation, prediction and evaluation)
+                 a fixed schedule (the same work on any machine, so the same Dice); before training the
+                 trainer times a few iterations and prints the expected time of the rest of the demo, and
+                 after every epoch the time left. With --minutes and an estimate above what is left of it,
+                 it stops before training, or with --allow-fewer-iterations trains fewer iterations per
+                 epoch (and says that Dice will be lower)
   4 predict      nnUNetv2_predict on imagesTs
   5 evaluate     nnunetv2_uc evaluate (paper metrics) -> WORKDIR/evaluation.json, evaluation.md, plots/
   6 report       prints the table; WORKDIR/overlays/*.png (CT, reference, prediction); copies nnU-Net's
@@ -14,11 +17,10 @@ Steps, each a subprocess whose own log is shown, with a one-line status per step
 nnUNet_raw/nnUNet_preprocessed/nnUNet_results are set to folders under WORKDIR, nnUNet_compile=f on CPU and
 nnUNet_extTrainer to this plugin's trainers. Uses the GPU when torch sees one, else the CPU. Re-running
 reuses every finished step (delete a step's output to redo it); an interrupted training resumes (--c).
-Exit code 0 on success, otherwise 1 with the failed step named.
+Exit code 0 on success, 1 with the failed step named, 75 when the estimate does not fit --minutes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,15 +31,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+from nnunetv2_uc.architectures.registry import demo_networks
+from nnunetv2_uc.demo_schedule import SECONDS_LEFT_ENV, STOPPED_EXIT_CODE, TEST_CASES_ENV, WHEN_SHORT_ENV
+from nnunetv2_uc.errors import UserError
+from nnunetv2_uc.evaluation.plots import write_image_overlay
+from nnunetv2_uc.raw_dataset import dataset_folder_name
+from nnunetv2_uc.registration import ENV_VAR, ext_trainer_value
+
 DATASET_ID = 990
 DATASET_NAME = "SyntheticCT"
 CONFIGURATION = "3d_fullres"
+PLANS = "nnUNetPlans"
 FOLD = "0"
-TRAINERS = {"uc3dunet": "nnUNetTrainerUC_demo", "uxnet": "nnUNetTrainerUXNet_demo"}
-BUDGET_ENV = "nnunetv2_uc_demo_train_seconds"  # read by trainers/demo_trainers.py
-MIN_TRAIN_S = 20.0
-#: share of --minutes kept for what follows training (final validation, prediction, evaluation)
-AFTER_TRAINING_SHARE = 0.3
+TRAINERS = demo_networks()
+#: nnUNet_n_proc_DA for training on the CPU unless the user set it: augmenting a demo batch takes ~0.04 s of one
+#: core, ~5 % of an iteration, so one worker keeps up and more would only compete with the network for the cores
+DATA_AUGMENTATION_WORKERS = 1
+#: OpenMP threads that wait at a barrier sleep instead of spinning: on a busy machine spinning threads burn the
+#: cores the working ones need (measured: 3-4x the CPU time per iteration beside other jobs; docs/demo_schedule.md)
+OMP_WAIT_POLICY = "PASSIVE"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The user's choices that shape the steps' commands and environments."""
+
+    minutes: float | None = None
+    allow_fewer_iterations: bool = False
+    cases: int = 24
+    test_cases: int = 6
+    seed: int = 0
+    processes: int = 2
 
 
 @dataclass
@@ -61,7 +88,7 @@ class DemoPaths:
 
     @property
     def dataset(self) -> str:
-        return f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+        return dataset_folder_name(DATASET_ID, DATASET_NAME)
 
     @property
     def raw_dataset(self) -> Path:
@@ -69,11 +96,13 @@ class DemoPaths:
 
     @property
     def plans_file(self) -> Path:
-        return self.preprocessed / self.dataset / "nnUNetPlans.json"
+        return self.preprocessed / self.dataset / f"{PLANS}.json"
 
     @property
     def fold_dir(self) -> Path:
-        return self.results / self.dataset / f"{self.trainer}__nnUNetPlans__{CONFIGURATION}" / f"fold_{FOLD}"
+        # nnU-Net's own naming (get_output_folder would read nnUNet_results of this process, not the work dir's)
+        identifier = convert_trainer_plans_config_to_identifier(self.trainer, PLANS, CONFIGURATION)
+        return self.results / self.dataset / identifier / f"fold_{FOLD}"
 
     @property
     def predictions(self) -> Path:
@@ -127,15 +156,11 @@ def executable(name: str) -> str:
 def pick_device(requested: str) -> str:
     if requested != "auto":
         return requested
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def pipeline_env(paths: DemoPaths, device: str) -> dict[str, str]:
     """The process environment for every step: nnU-Net folders, compile off on CPU, the plugin's trainers."""
-    from nnunetv2_uc.registration import ENV_VAR, ext_trainer_value
-
     env = dict(os.environ)
     env.update({
         "nnUNet_raw": str(paths.raw), "nnUNet_preprocessed": str(paths.preprocessed),
@@ -143,6 +168,7 @@ def pipeline_env(paths: DemoPaths, device: str) -> dict[str, str]:
     })
     if device == "cpu":
         env["nnUNet_compile"] = "f"
+        env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     return env
 
 
@@ -167,7 +193,7 @@ def preprocessing_complete(paths: DemoPaths) -> bool:
     return count_files(paths.preprocessed / paths.dataset / identifier, "*.pkl") >= n_train
 
 
-def dataset_mismatch(paths: DemoPaths, args: argparse.Namespace) -> str | None:
+def dataset_mismatch(paths: DemoPaths, seed: int, cases: int, test_cases: int) -> str | None:
     """Why the synthetic dataset already in the work dir does not match --seed/--cases/--test-cases (None if
     it matches or does not exist yet)."""
     try:
@@ -175,7 +201,7 @@ def dataset_mismatch(paths: DemoPaths, args: argparse.Namespace) -> str | None:
     except (OSError, ValueError):
         return None
     found = (info.get("synthetic_seed"), info.get("numTraining"), info.get("numTest"))
-    wanted = (args.seed, args.cases, args.test_cases)
+    wanted = (seed, cases, test_cases)
     if found == wanted:
         return None
     return (f"{paths.raw_dataset} was made with seed {found[0]}, {found[1]} training and {found[2]} test cases, "
@@ -195,8 +221,8 @@ def evaluation_current(paths: DemoPaths) -> bool:
 
 # ----------------------------------------------------------------------------- steps
 
-def build_steps(args: argparse.Namespace, paths: DemoPaths, device: str, clock: Callable[[], float]) -> list[Step]:
-    """The six steps in order. ``clock()`` returns the seconds spent so far (for the training budget)."""
+def build_steps(settings: DemoSettings, paths: DemoPaths, device: str, clock: Callable[[], float]) -> list[Step]:
+    """The six steps in order. ``clock()`` returns the seconds spent so far (for the --minutes bound)."""
     uc = [sys.executable, "-m", "nnunetv2_uc"]
     ds = str(DATASET_ID)
 
@@ -207,76 +233,48 @@ def build_steps(args: argparse.Namespace, paths: DemoPaths, device: str, clock: 
         return command
 
     def train_env() -> dict[str, str]:
-        return {BUDGET_ENV: f"{training_budget_s(args.minutes, clock()):.0f}"}
+        return training_env(settings, device, clock())
 
     def mark_evaluated() -> None:
         paths.evaluated_marker.write_text(str(paths.predictions) + "\n")
 
     return [
         Step("synth", f"synthetic dataset {paths.dataset}", lambda: (paths.raw_dataset / "dataset.json").is_file(),
-             lambda: uc + ["synth", "--dataset-id", ds, "--cases", str(args.cases), "--test-cases",
-                           str(args.test_cases), "--seed", str(args.seed), "--name", DATASET_NAME,
+             lambda: uc + ["synth", "--dataset-id", ds, "--cases", str(settings.cases), "--test-cases",
+                           str(settings.test_cases), "--seed", str(settings.seed), "--name", DATASET_NAME,
                            "--raw-dir", str(paths.raw)]),
         Step("plan", "fingerprint, plans and preprocessing (3d_fullres)", lambda: preprocessing_complete(paths),
              lambda: [executable("nnUNetv2_plan_and_preprocess"), "-d", ds, "-c", CONFIGURATION,
-                      "-np", str(args.processes), "--verify_dataset_integrity"]),
+                      "-np", str(settings.processes), "--verify_dataset_integrity"]),
         Step("train", f"{paths.trainer}, fold {FOLD}, on {device}",
              lambda: (paths.fold_dir / "checkpoint_final.pth").is_file(), train_command, train_env),
         Step("predict", "test cases (imagesTs)", lambda: predictions_complete(paths),
              lambda: [executable("nnUNetv2_predict"), "-i", str(paths.raw_dataset / "imagesTs"),
                       "-o", str(paths.predictions), "-d", ds, "-c", CONFIGURATION, "-f", FOLD,
-                      "-tr", paths.trainer, "-device", device, "-npp", str(args.processes),
-                      "-nps", str(args.processes)]),
+                      "-tr", paths.trainer, "-device", device, "-npp", str(settings.processes),
+                      "-nps", str(settings.processes)]),
         Step("evaluate", "paper metrics on the test cases", lambda: evaluation_current(paths),
              lambda: uc + ["evaluate", "--gt", str(paths.raw_dataset / "labelsTs"), "--pred", str(paths.predictions),
                            "--dataset-json", str(paths.raw_dataset / "dataset.json"),
                            "-o", str(paths.evaluation_json), "--table", str(paths.evaluation_table),
-                           "--plots", str(paths.plots), "-j", str(args.processes), "--overwrite"],
+                           "--plots", str(paths.plots), "-j", str(settings.processes), "--overwrite"],
              before=lambda: paths.evaluated_marker.unlink(missing_ok=True), after=mark_evaluated),
         Step("report", "table, overlays and training curve", lambda: False, None,
              after=lambda: report(paths)),
     ]
 
 
-def training_budget_s(minutes: float, spent_s: float) -> float:
-    """Seconds for nnUNetv2_train: what is left of ``minutes`` after the steps so far, minus a reserve for
-    the final validation, prediction and evaluation; never below MIN_TRAIN_S."""
-    total = minutes * 60.0
-    return max(MIN_TRAIN_S, total * (1.0 - AFTER_TRAINING_SHARE) - spent_s)
-
-
-def write_image_overlay(image_file: Path, gt_file: Path, pred_file: Path, label_names: dict[int, str],
-                        out_file: Path) -> None:
-    """CT (soft-tissue window) with the reference and the prediction side by side, on the axial slice with the
-    most reference foreground."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import SimpleITK as sitk
-    from matplotlib.patches import Patch
-
-    from nnunetv2_uc.evaluation.plots import label_colours
-
-    image, gt, pred = (sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in (image_file, gt_file, pred_file))
-    z = int(np.argmax((gt > 0).sum(axis=(1, 2))))
-    colours = label_colours(sorted(label_names))
-    figure, axes = plt.subplots(1, 2, figsize=(6.4, 3.5))
-    for axis, seg, title in ((axes[0], gt[z], "reference"), (axes[1], pred[z], "prediction")):
-        axis.imshow(np.clip(image[z], -160, 240), cmap="gray", interpolation="bilinear")
-        rgba = np.zeros(seg.shape + (4,))
-        for label, colour in colours.items():
-            rgba[seg == label] = (*colour[:3], 0.45)
-        axis.imshow(rgba, interpolation="nearest")
-        axis.set_title(f"{title} (slice {z})", fontsize=9)
-        axis.axis("off")
-    figure.legend(handles=[Patch(facecolor=colours[l], label=n) for l, n in sorted(label_names.items())],
-                  loc="lower center", ncol=len(label_names), fontsize=8, frameon=False)
-    figure.suptitle(out_file.stem, fontsize=9)
-    figure.tight_layout(rect=(0, 0.07, 1, 1))
-    figure.savefig(out_file, dpi=80)
-    plt.close(figure)
+def training_env(settings: DemoSettings, device: str, spent_s: float) -> dict[str, str]:
+    """What the demo trainer reads: the seconds left of --minutes (none: no bound), what to do when its estimate
+    does not fit them, and how many test cases follow training (for the estimate); on the CPU also the
+    augmentation worker count unless the user chose one."""
+    env = {WHEN_SHORT_ENV: "fewer" if settings.allow_fewer_iterations else "stop",
+           TEST_CASES_ENV: str(settings.test_cases)}
+    if settings.minutes is not None:
+        env[SECONDS_LEFT_ENV] = f"{max(settings.minutes * 60.0 - spent_s, 1.0):.0f}"
+    if device == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
+        env["nnUNet_n_proc_DA"] = str(DATA_AUGMENTATION_WORKERS)
+    return env
 
 
 def write_image_overlays(paths: DemoPaths) -> list[Path]:
@@ -336,7 +334,8 @@ def run_step(step: Step, env: dict[str, str], dry_run: bool) -> int:
 
 
 def run_pipeline(steps: list[Step], env: dict[str, str], dry_run: bool = False) -> int:
-    """Run the steps in order, reusing finished ones. Returns 0, or 1 after naming the failed step."""
+    """Run the steps in order, reusing finished ones. Returns 0, 1 after naming the failed step, or
+    STOPPED_EXIT_CODE when the trainer's estimate did not fit --minutes and it stopped before training."""
     for index, step in enumerate(steps, start=1):
         if step.done():
             status(index, len(steps), step, "reused (already done)")
@@ -349,6 +348,10 @@ def run_pipeline(steps: list[Step], env: dict[str, str], dry_run: bool = False) 
             code, detail = 1, f"{type(error).__name__}: {error}"
         else:
             detail = f"exit code {code}"
+        if code == STOPPED_EXIT_CODE:
+            status(index, len(steps), step, "stopped before training: the estimate above does not fit --minutes; "
+                                            "re-run with more --minutes (or none), or add --allow-fewer-iterations")
+            return STOPPED_EXIT_CODE
         if code != 0:
             status(index, len(steps), step, f"FAILED ({detail}); see the output above. Fix it and re-run the "
                                             f"demo: finished steps are reused")
@@ -358,44 +361,36 @@ def run_pipeline(steps: list[Step], env: dict[str, str], dry_run: bool = False) 
     return 0
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- entry point
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", choices=sorted(TRAINERS), default="uc3dunet",
-                        help="network to train (default uc3dunet)")
-    parser.add_argument("--workdir", default="demo", help="folder for all data, models and results (default ./demo)")
-    parser.add_argument("--minutes", type=float, default=10.0,
-                        help="time budget for the whole demo; training gets what the other steps leave (default 10)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: the GPU if torch sees one, else the CPU")
-    parser.add_argument("--cases", type=int, default=24, help="synthetic training cases (default 24)")
-    parser.add_argument("--test-cases", type=int, default=6, help="synthetic held-out test cases (default 6)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default 0)")
-    parser.add_argument("--trainer", default=None,
-                        help="override the trainer class name (advanced/testing, e.g. nnUNetTrainerUC_tiny)")
-    parser.add_argument("--processes", type=int, default=2, help="worker processes for nnU-Net steps (default 2)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="list the steps and commands (and which are already done) without running them")
+def run_demo(workdir: str | os.PathLike = "demo", arch: str = "uc3dunet", minutes: float | None = None,
+             allow_fewer_iterations: bool = False, device: str = "auto", cases: int = 24, test_cases: int = 6,
+             seed: int = 0, trainer: str | None = None, processes: int = 2, dry_run: bool = False) -> int:
+    """Run (or with ``dry_run`` list) the six steps in ``workdir``; returns 0, 1 (a step failed) or
+    ``STOPPED_EXIT_CODE`` (the estimate does not fit ``minutes`` and fewer iterations were not allowed).
 
-
-def run(args: argparse.Namespace) -> int:
-    if args.minutes <= 0 or args.cases < 5 or args.test_cases < 1:
-        print("demo: need --minutes > 0, --cases >= 5 (nnU-Net's 5-fold split) and --test-cases >= 1")
-        return 1
+    Raises UserError for settings that cannot work (the message says which and the fix).
+    """
+    if arch not in TRAINERS:
+        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(sorted(TRAINERS))}")
+    if minutes is not None and minutes <= 0:
+        raise UserError(f"--minutes must be > 0 (or left out for no bound), got {minutes:g}")
+    if cases < 5 or test_cases < 1:
+        raise UserError(f"need --cases >= 5 (nnU-Net's 5-fold split) and --test-cases >= 1, got {cases} and "
+                        f"{test_cases}")
+    settings = DemoSettings(minutes, allow_fewer_iterations, cases, test_cases, seed, processes)
     started = time.perf_counter()
-    workdir = Path(args.workdir).resolve()
-    paths = DemoPaths(workdir, args.trainer or TRAINERS[args.arch])
-    mismatch = dataset_mismatch(paths, args)
+    paths = DemoPaths(Path(workdir).resolve(), trainer or TRAINERS[arch])
+    mismatch = dataset_mismatch(paths, seed, cases, test_cases)
     if mismatch:
-        print(f"demo: {mismatch}")
-        return 1
-    device = pick_device(args.device)
-    if not args.dry_run:
-        workdir.mkdir(parents=True, exist_ok=True)
-    print(f"demo: work dir {workdir}, trainer {paths.trainer}, device {device}, budget {args.minutes:g} min",
-          flush=True)
-    steps = build_steps(args, paths, device, clock=lambda: time.perf_counter() - started)
-    code = run_pipeline(steps, pipeline_env(paths, device), args.dry_run)
-    if code == 0 and not args.dry_run:
+        raise UserError(mismatch)
+    device = pick_device(device)
+    if not dry_run:
+        paths.workdir.mkdir(parents=True, exist_ok=True)
+    bound = "no time bound" if minutes is None else f"at most {minutes:g} min"
+    print(f"demo: work dir {paths.workdir}, trainer {paths.trainer}, device {device}, {bound}", flush=True)
+    steps = build_steps(settings, paths, device, clock=lambda: time.perf_counter() - started)
+    code = run_pipeline(steps, pipeline_env(paths, device), dry_run)
+    if code == 0 and not dry_run:
         print(f"demo: finished in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     return code

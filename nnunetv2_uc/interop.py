@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from nnunetv2_uc.architectures.original_checkpoints import CheckpointError, OriginalCheckpoint
+from nnunetv2_uc.architectures.original_checkpoints import CheckpointError
 from nnunetv2_uc.architectures.registry import network_entry, original_networks
 from nnunetv2_uc.errors import OverwriteRefused
 from nnunetv2_uc.files import atomic_torch_save
@@ -65,8 +65,10 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def convert_state_dict(original: OriginalCheckpoint, model: nn.Module, original_state: dict) -> dict:
-    """Our state dict (keys of ``model.state_dict()``) filled from the original keys; raises on any mismatch."""
+def convert_state_dict(arch: str, model: nn.Module, original_state: dict) -> dict:
+    """Our state dict (keys of ``model.state_dict()``) filled from the original keys of registry network ``arch``;
+    raises on any mismatch, listing every problem."""
+    original = network_entry(arch).original
     aliases = _alias_table(model)
     canonical = {aliases.get(name, name): tensor for name, tensor in model.state_dict().items()}
     found, problems = {}, []
@@ -81,7 +83,7 @@ def convert_state_dict(original: OriginalCheckpoint, model: nn.Module, original_
     used = {original.original_key(name) for name in canonical}
     problems += [f"unexpected key {key}" for key in sorted(set(original_state) - used)]
     if problems:
-        raise CheckpointError(f"checkpoint does not match {original.source} ({len(problems)} problem(s)):\n  "
+        raise CheckpointError(f"checkpoint does not match {arch} ({original.source}; {len(problems)} problem(s)):\n  "
                               + "\n  ".join(problems))
     return {name: found[aliases.get(name, name)] for name in model.state_dict()}
 
@@ -105,7 +107,7 @@ def load_original(arch: str, state_dict_or_path: Any, weights_only: bool = True,
     """Our network with the original checkpoint's weights, reproducing the original's outputs, in eval mode."""
     state = read_state_dict(state_dict_or_path, weights_only=weights_only)
     model = build_from_original_kwargs(arch, state, **original_kwargs)
-    model.load_state_dict(convert_state_dict(network_entry(arch).original, model, state))
+    model.load_state_dict(convert_state_dict(arch, model, state))
     return model.eval()
 
 

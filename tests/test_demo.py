@@ -1,32 +1,25 @@
-"""`nnunetv2_uc demo`: step list and commands, reuse of finished steps, failure reporting, the time budget."""
+"""`nnunetv2_uc demo`: step list and commands, reuse of finished steps, failure reporting, the fixed schedule and
+its up-front time estimate (with a fake timer)."""
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
 
 import pytest
 
-from nnunetv2_uc import demo
+from nnunetv2_uc import demo, demo_schedule
 from nnunetv2_uc.cli import main
+from nnunetv2_uc.demo_schedule import Measurement, Schedule
 from nnunetv2_uc.trainers import demo_trainers
 
 
-def _args(workdir: Path, **overrides) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    demo.add_arguments(parser)
-    args = parser.parse_args(["--workdir", str(workdir)])
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
-
-
-def _steps(workdir: Path, spent_s: float = 0.0, **overrides) -> tuple[list[demo.Step], demo.DemoPaths]:
-    args = _args(workdir, **overrides)
-    paths = demo.DemoPaths(workdir, demo.TRAINERS[args.arch])
-    return demo.build_steps(args, paths, "cpu", clock=lambda: spent_s), paths
+def _steps(workdir: Path, spent_s: float = 0.0, arch: str = "uc3dunet", **settings
+           ) -> tuple[list[demo.Step], demo.DemoPaths]:
+    paths = demo.DemoPaths(workdir, demo.TRAINERS[arch])
+    return demo.build_steps(demo.DemoSettings(**settings), paths, "cpu", clock=lambda: spent_s), paths
 
 
 def _fake_finished_synth_and_plan(paths: demo.DemoPaths, n_train: int = 24, n_test: int = 6) -> None:
@@ -52,7 +45,8 @@ def test_dry_run_lists_the_stock_commands_and_writes_nothing(tmp_path: Path, cap
     assert "nnUNetv2_train 990 3d_fullres 0 -tr nnUNetTrainerUC_demo -device cpu" in out
     assert f"nnUNetv2_predict -i {workdir}/nnUNet_raw/Dataset990_SyntheticCT/imagesTs" in out
     assert f"-o {workdir}/evaluation.json" in out
-    assert f"{demo.BUDGET_ENV}=420 " in out  # 10 min x 0.7, nothing spent yet
+    assert f"{demo_schedule.WHEN_SHORT_ENV}=stop " in out and demo_schedule.SECONDS_LEFT_ENV not in out  # no bound
+    assert f"{demo_schedule.TEST_CASES_ENV}=6 " in out
     assert not workdir.exists()
 
 
@@ -99,10 +93,10 @@ def test_a_reused_dataset_must_match_the_requested_one(tmp_path: Path, capsys: p
     paths.raw_dataset.mkdir(parents=True)
     (paths.raw_dataset / "dataset.json").write_text(
         json.dumps({"synthetic_seed": 0, "numTraining": 24, "numTest": 6}))
-    assert demo.dataset_mismatch(paths, _args(tmp_path)) is None
+    assert demo.dataset_mismatch(paths, seed=0, cases=24, test_cases=6) is None
     assert main(["demo", "--dry-run", "--workdir", str(tmp_path), "--device", "cpu"]) == 0
-    assert main(["demo", "--dry-run", "--workdir", str(tmp_path), "--device", "cpu", "--seed", "3"]) == 1
-    assert "made with seed 0, 24 training and 6 test cases, not seed 3" in capsys.readouterr().out
+    assert main(["demo", "--dry-run", "--workdir", str(tmp_path), "--device", "cpu", "--seed", "3"]) == 2
+    assert "made with seed 0, 24 training and 6 test cases, not seed 3" in capsys.readouterr().err
 
 
 def test_pipeline_skips_done_steps_and_names_the_failed_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -130,37 +124,144 @@ def test_missing_console_script_fails_the_step_with_the_fix(capsys: pytest.Captu
     assert "FileNotFoundError" in capsys.readouterr().out
 
 
-def test_training_budget_takes_what_the_other_steps_leave() -> None:
-    assert demo.training_budget_s(10, 0) == pytest.approx(420)
-    assert demo.training_budget_s(10, 100) == pytest.approx(320)
-    assert demo.training_budget_s(1, 500) == demo.MIN_TRAIN_S
+def test_bad_settings_are_refused_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["demo", "--dry-run", "--workdir", str(tmp_path), "--minutes", "0"]) == 2
+    assert "--minutes must be > 0 (or left out for no bound)" in capsys.readouterr().err
+    assert main(["demo", "--dry-run", "--workdir", str(tmp_path), "--cases", "4"]) == 2
+    assert "need --cases >= 5" in capsys.readouterr().err
 
 
-def test_epoch_iterations_follow_the_time_left() -> None:
-    # 5 epochs and 100 s left at 1 s per iteration: 20 s per epoch -> 19 training + 2 validation (counted as 1)
-    assert demo_trainers.iterations_for_epoch(100, 5, 1.0, 2) == 19
-    # the default demo: 20 epochs in ~430 s at 0.76 s/iteration (2 idle CPU cores)
-    assert demo_trainers.iterations_for_epoch(430, 20, 0.76, 2) == 27
-    assert demo_trainers.iterations_for_epoch(30, 5, 3.0, 2) == 1      # far behind: one iteration per epoch
-    assert demo_trainers.iterations_for_epoch(-10, 1, 1.0, 2) == 1
-    assert demo_trainers.iterations_for_epoch(1e6, 5, 0.05, 2) == demo_trainers.MAX_ITERATIONS  # fast GPU
+def test_the_training_step_gets_the_bound_the_policy_and_the_test_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
+    env = demo.training_env(demo.DemoSettings(minutes=10, test_cases=4), "cpu", spent_s=45.0)
+    assert env == {demo_schedule.SECONDS_LEFT_ENV: "555", demo_schedule.WHEN_SHORT_ENV: "stop",
+                   demo_schedule.TEST_CASES_ENV: "4", "nnUNet_n_proc_DA": str(demo.DATA_AUGMENTATION_WORKERS)}
+    env = demo.training_env(demo.DemoSettings(allow_fewer_iterations=True), "cpu", spent_s=45.0)
+    assert demo_schedule.SECONDS_LEFT_ENV not in env and env[demo_schedule.WHEN_SHORT_ENV] == "fewer"
+    assert "nnUNet_n_proc_DA" not in demo.training_env(demo.DemoSettings(), "cuda", spent_s=0.0)  # nnU-Net's
+    monkeypatch.setenv("nnUNet_n_proc_DA", "3")  # the user's choice wins
+    assert "nnUNet_n_proc_DA" not in demo.training_env(demo.DemoSettings(), "cpu", spent_s=0.0)
 
 
-def test_epoch_count_shrinks_only_for_tiny_budgets() -> None:
-    assert demo_trainers.epochs_for_budget(430, 0.76, 2) == demo_trainers.DEMO_EPOCHS
-    assert demo_trainers.epochs_for_budget(11, 1.0, 2) == 3   # 3.5 s per one-iteration epoch
-    assert demo_trainers.epochs_for_budget(-1, 1.0, 2) == 1
+def test_a_stop_before_training_ends_the_demo_with_the_fix(capsys: pytest.CaptureFixture) -> None:
+    python = sys.executable
+    steps = [demo.Step("train", "x", lambda: False,
+                       lambda: [python, "-c", f"import sys; sys.exit({demo_schedule.STOPPED_EXIT_CODE})"]),
+             demo.Step("predict", "never reached", lambda: False, lambda: [python, "-c", "0"])]
+    assert demo.run_pipeline(steps, env={"PATH": ""}) == demo_schedule.STOPPED_EXIT_CODE
+    out = capsys.readouterr().out
+    assert "train: stopped before training" in out and "--allow-fewer-iterations" in out and "predict" not in out
 
 
-def test_budget_env_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(demo_trainers.BUDGET_ENV, raising=False)
-    assert demo_trainers.train_budget_seconds() == demo_trainers.DEFAULT_BUDGET_S
-    monkeypatch.setenv(demo_trainers.BUDGET_ENV, "120")
-    assert demo_trainers.train_budget_seconds() == 120.0
-    monkeypatch.setenv(demo_trainers.BUDGET_ENV, "0")
-    with pytest.raises(ValueError, match=demo_trainers.BUDGET_ENV):
-        demo_trainers.train_budget_seconds()
-    assert demo_trainers.BUDGET_ENV == demo.BUDGET_ENV
+class FakeClock:
+    """A clock that only moves when the timed work says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self, durations: list[float]):
+        pending = iter(durations)
+
+        def run() -> None:
+            self.now += next(pending)
+        return run
+
+
+def test_timing_skips_the_warm_up_and_takes_the_median() -> None:
+    clock = FakeClock()
+    # warm-up 9 s (oneDNN setup) is not counted; median of 1.0, 1.4, 1.1
+    assert demo_schedule.median_duration(clock.work([9.0, 1.0, 1.4, 1.1]), 3, clock) == pytest.approx(1.1)
+    with pytest.raises(ValueError):
+        demo_schedule.median_duration(clock.work([1.0]), 0, clock)
+
+
+SCHEDULE = Schedule(epochs=20, iterations=30, val_iterations=3)
+FAST = Measurement(seconds_per_iteration=0.5, seconds_per_tile=0.1)
+
+
+def test_estimate_adds_training_validation_prediction_and_evaluation() -> None:
+    estimate = demo_schedule.estimate(SCHEDULE, 30, 20, FAST, cases_after=10, tiles_per_case=18)
+    # per epoch: 30 iterations + 3 validation batches at a third of an iteration, plus the epoch overhead
+    assert estimate.training_s == pytest.approx(20 * (0.5 * 31 + demo_schedule.EPOCH_OVERHEAD_S))
+    assert estimate.after_training_s == pytest.approx(
+        demo_schedule.AFTER_TRAINING_FIXED_S + 10 * (18 * 0.1 + demo_schedule.CASE_OVERHEAD_S))
+    assert estimate.total_s == pytest.approx(estimate.training_s + estimate.after_training_s)
+
+
+def test_the_full_schedule_runs_without_a_bound_or_when_it_fits() -> None:
+    unbounded = demo_schedule.decide(SCHEDULE, 20, FAST, 10, 18, seconds_left=None, when_short="stop")
+    assert unbounded.action == "full" and unbounded.iterations == 30
+    assert "20 epochs x 30 iterations at 0.50 s per iteration" in unbounded.message
+    assert f"about {unbounded.needed.total_s / 60:.1f} min in all" in unbounded.message
+    fits = demo_schedule.decide(SCHEDULE, 20, FAST, 10, 18, seconds_left=unbounded.needed.total_s + 1,
+                                when_short="stop")
+    assert fits.action == "full" and fits.iterations == 30 and "within the" in fits.message
+
+
+def test_a_slow_machine_is_told_up_front_and_stops_by_default() -> None:
+    slow = Measurement(seconds_per_iteration=2.0, seconds_per_tile=0.4)  # 4x slower: about 23 min
+    decision = demo_schedule.decide(SCHEDULE, 20, slow, 10, 18, seconds_left=600, when_short="stop")
+    needed_min = -(-decision.needed.total_s // 60)
+    assert decision.action == "stop" and decision.iterations == 0
+    assert decision.message.startswith(f"this machine needs about {needed_min:.0f} min for a reliable result")
+    assert "10.0 min are left of --minutes; stopping before training" in decision.message
+
+
+def test_fewer_iterations_fit_the_bound_and_say_dice_will_be_lower() -> None:
+    slow = Measurement(seconds_per_iteration=2.0, seconds_per_tile=0.4)
+    decision = demo_schedule.decide(SCHEDULE, 20, slow, 10, 18, seconds_left=600, when_short="fewer")
+    assert decision.action == "fewer" and 1 <= decision.iterations < SCHEDULE.iterations
+    assert decision.estimate.total_s <= 600  # the shortened run fits
+    one_more = demo_schedule.estimate(SCHEDULE, decision.iterations + 1, 20, slow, 10, 18)
+    assert one_more.total_s > 600  # and it is the longest that fits
+    assert f"continuing with {decision.iterations} of 30 iterations per epoch" in decision.message
+    assert "Dice will be lower" in decision.message
+    # a resumed run with 5 epochs left sizes only those
+    resumed = demo_schedule.decide(SCHEDULE, 5, slow, 10, 18, seconds_left=300, when_short="fewer")
+    assert resumed.estimate.training_s <= 300 - resumed.estimate.after_training_s
+
+
+def test_when_nothing_fits_one_iteration_per_epoch_runs_and_says_it_is_over() -> None:
+    decision = demo_schedule.decide(SCHEDULE, 20, Measurement(5.0, 1.0), 10, 18, seconds_left=60, when_short="fewer")
+    assert decision.iterations == 1 and decision.estimate.total_s > 60
+    assert "even that takes about" in decision.message
+    late = demo_schedule.decide(SCHEDULE, 20, FAST, 10, 18, seconds_left=-5, when_short="stop")
+    assert late.action == "stop" and "but no time is left of --minutes" in late.message
+    with pytest.raises(ValueError, match="when_short"):
+        demo_schedule.decide(SCHEDULE, 20, FAST, 10, 18, seconds_left=None, when_short="maybe")
+
+
+def test_progress_reports_the_time_left() -> None:
+    line = demo_schedule.progress(5, 20, mean_epoch_s=12.0, planned_epoch_s=12.0, after_training_s=90.0)
+    assert line == ("epoch 5/20 done (12.0 s per epoch): about 3.0 min of training left, then about 1.5 min for "
+                    "validation, prediction and evaluation")
+    # the machine got twice as slow as measured before training: what follows training will too
+    slower = demo_schedule.progress(5, 20, mean_epoch_s=24.0, planned_epoch_s=12.0, after_training_s=90.0)
+    assert "about 6.0 min of training left, then about 3.0 min for" in slower
+
+
+def test_sliding_window_tiles_follow_nnunets_steps() -> None:
+    # step 0.5 of the patch: 40 -> 2 positions along z (32 + 8), 115 -> 3 along y and x (64 + 2 x 25.5)
+    assert demo_trainers.tiles_per_case([40.0, 115.0, 115.0], [32, 64, 64]) == 18
+    assert demo_trainers.tiles_per_case([20.0, 50.0, 50.0], [32, 64, 64]) == 1  # padded to one patch
+
+
+def test_the_work_is_fixed_whatever_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schedule is class data: no measurement or bound changes it (only --allow-fewer-iterations does, and
+    says so)."""
+    for cls in (demo_trainers.nnUNetTrainerUC_demo, demo_trainers.nnUNetTrainerUXNet_demo):
+        schedule = cls.demo_schedule()
+        assert (schedule.epochs, schedule.iterations) == (cls.demo_epochs, cls.demo_iterations)
+        assert schedule.total_iterations >= 400
+    monkeypatch.setenv(demo_schedule.SECONDS_LEFT_ENV, "-3")
+    with pytest.raises(ValueError, match=demo_schedule.SECONDS_LEFT_ENV):
+        demo_trainers._env_seconds_left()
+    monkeypatch.setenv(demo_schedule.WHEN_SHORT_ENV, "later")
+    with pytest.raises(ValueError, match=demo_schedule.WHEN_SHORT_ENV):
+        demo_trainers._env_when_short()
 
 
 def test_demo_trainers_are_found_through_the_shim(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,6 +271,7 @@ def test_demo_trainers_are_found_through_the_shim(monkeypatch: pytest.MonkeyPatc
     env = demo.pipeline_env(demo.DemoPaths(Path("/tmp/x"), "t"), "cpu")
     assert shim_directory() in env["nnUNet_extTrainer"].split(":")
     assert env["nnUNet_compile"] == "f" and env["nnUNet_raw"] == "/tmp/x/nnUNet_raw"
+    assert env["OMP_WAIT_POLICY"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setenv("nnUNet_extTrainer", env["nnUNet_extTrainer"])
     for name in ("nnUNetTrainerUC_demo", "nnUNetTrainerUXNet_demo"):
         cls = recursive_find_trainer_class_by_name(name)
@@ -188,21 +290,27 @@ def test_demo_trainer_fixes_patch_batch_and_cpu_width_in_the_plans() -> None:
     for config in (cpu["configurations"]["3d_fullres"], gpu["configurations"]["3d_fullres"]):
         assert config["patch_size"] == list(demo_trainers.DemoScheduleMixin.demo_patch_size)
         assert config["batch_size"] == 2 and config["uc_fixed_patch"] is True
-    assert cpu["configurations"]["3d_fullres"]["uc3dunet_kwargs"] == {"features": [16, 32, 64, 128, 256, 16]}
+    assert cpu["configurations"]["3d_fullres"]["uc3dunet_kwargs"] == {"features": [8, 16, 32, 64, 128, 8]}
     assert "uc3dunet_kwargs" not in gpu["configurations"]["3d_fullres"]  # paper width on a GPU
 
 
 @pytest.mark.slow
 def test_demo_end_to_end_with_the_stock_commands_then_reuse(tmp_path: Path) -> None:
-    """The real pipeline on a tiny synthetic set (5 + 1 cases, ~20 s of training): every stock command runs, the
-    outputs land in the work dir, and a second run reuses every step."""
+    """The real pipeline on a tiny synthetic set (5 + 1 cases) with a one-minute bound that the full schedule cannot
+    fit, so the trainer estimates, says so and trains one iteration per epoch (--allow-fewer-iterations): every
+    stock command runs, the outputs land in the work dir, and a second run reuses every step."""
     import subprocess
 
     workdir = tmp_path / "demo"
     command = [sys.executable, "-m", "nnunetv2_uc", "demo", "--workdir", str(workdir), "--device", "cpu",
-               "--cases", "5", "--test-cases", "1", "--minutes", "0.5"]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+               "--cases", "5", "--test-cases", "1", "--minutes", "1", "--allow-fewer-iterations"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "this machine needs about" in first.stdout and "Dice will be lower" in first.stdout
+    assert "epoch 20/20 done" in first.stdout and "of training left" in first.stdout
+    estimate = json.loads(next(workdir.glob("nnUNet_results/*/*/fold_0/demo_estimate.json")).read_text())
+    assert estimate["action"] == "fewer"
+    assert 1 <= estimate["iterations_per_epoch"] < estimate["schedule"]["iterations"]
     for step in ("synth", "plan", "train", "predict", "evaluate", "report"):
         assert f"] {step}: done in" in first.stdout
     summary = json.loads((workdir / "evaluation.json").read_text())

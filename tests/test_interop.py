@@ -62,7 +62,8 @@ def test_uxnet_matches_original_semantics_on_other_configurations(kwargs, shape)
     ours = load_original("uxnet", reference.state_dict(), **kwargs)
     x = torch.randn(shape)
     with torch.no_grad():
-        assert relative_error(ours(x), reference(x)) < 1e-5
+        # fp32 sums in another order (channels-last kernels, thread count): ~1e-5 apart; a wrong layer is ~1e-1
+        assert relative_error(ours(x), reference(x)) < 3e-5
 
 
 @pytest.mark.parametrize("kwargs, shape", [

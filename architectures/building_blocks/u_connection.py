@@ -5,6 +5,7 @@ Used by the paper's ``UC3DUNet`` and by uC on nnU-Net's planned networks. Shapes
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -58,16 +59,17 @@ def double_conv_2d(input_channels: int, output_channels: int) -> StackedConvBloc
 class SkipUNet2d(nn.Module):
     """2-D U-Net without stem or head: (N, L0, H, W) -> (N, L0, H, W), ReLU output.
 
-    Encoder i: AvgPool2d(2) -> DoubleConv(L[i-1] -> L[i]). Decoder (bottom up): ConvTranspose2d(L[i] -> L[i]/2),
-    centred zero-pad to the skip, cat[skip, up], DoubleConv(L[i] -> L[i-1]).
+    Encoder i: AvgPool2d(2) -> DoubleConv(L[i-1] -> L[i]). Decoder (bottom up): ConvTranspose2d(L[i] -> L[i-1]),
+    centred zero-pad to the skip, cat[skip, up], DoubleConv(2 * L[i-1] -> L[i-1]). With widths that double (the
+    original's) the up-conv is its L[i] -> L[i]/2 and every parameter shape is the original's; other widths
+    (e.g. doubling capped at a maximum) keep the same structure.
     """
 
     def __init__(self, channels: Sequence[int]) -> None:
         super().__init__()
         channels = list(channels)
-        if len(channels) < 2 or any(2 * a != b for a, b in zip(channels[:-1], channels[1:])):
-            # the decoder concatenates skip (L[i-1]) and upsampled (L[i]/2) maps into a conv built for L[i] inputs
-            raise ValueError(f"SkipUNet2d needs >= 2 widths, each double the previous, got {channels}")
+        if len(channels) < 2:
+            raise ValueError(f"SkipUNet2d needs >= 2 widths (at least one pooling level), got {channels}")
         self.channels = channels
         self.encoder = nn.ModuleList(
             nn.Sequential(nn.AvgPool2d(2), double_conv_2d(c_in, c_out))
@@ -76,8 +78,18 @@ class SkipUNet2d(nn.Module):
         self.upsample = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for c_out, c_in in reversed(list(zip(channels[:-1], channels[1:]))):
-            self.upsample.append(PatchConvTranspose2d(c_in, c_in // 2))
-            self.decoder.append(double_conv_2d(c_in // 2 + c_out, c_out))
+            self.upsample.append(PatchConvTranspose2d(c_in, c_out))
+            self.decoder.append(double_conv_2d(2 * c_out, c_out))
+
+    def compute_conv_feature_map_size(self, plane_size: Sequence[int]) -> int:
+        """Elements of the conv and up-conv outputs for one (H, W) plane (dynamic-network-architectures' count)."""
+        sizes = [list(plane_size)]
+        for _ in self.encoder:
+            sizes.append([s // 2 for s in sizes[-1]])
+        total = sum(int(stage[1].compute_conv_feature_map_size(size)) for stage, size in zip(self.encoder, sizes[1:]))
+        for up, conv, size in zip(self.upsample, self.decoder, reversed(sizes[:-1])):
+            total += up.out_channels * math.prod(size) + int(conv.compute_conv_feature_map_size(size))
+        return total
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [x]
