@@ -1,0 +1,65 @@
+"""uC connections in an nnU-Net plan: the ``architecture`` block of a configuration with and without them.
+
+A 3-D configuration of nnU-Net's planners names ``PlainConvUNet`` or ``ResidualEncoderUNet``; its uC version names
+``UCPlainConvUNet`` / ``UCResidualEncoderUNet`` (``architectures/uc_unet.py``) with the same arch_kwargs plus the
+entries ``uc_arch_kwargs`` derives from the configuration's patch size. Nothing else in the plan changes, so the
+stock trainers train the uC version on the same preprocessed data and nnUNetv2_predict builds it from plans.json.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+from nnunetv2_uc.architectures.uc_unet import UCPlainConvUNet, UCPlanError, UCResidualEncoderUNet, uc_arch_kwargs
+
+
+def import_path(cls: type) -> str:
+    """What a plans file's ``network_class_name`` holds for ``cls`` (nnU-Net resolves it with pydoc.locate)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+#: nnU-Net's network class -> its uC version (import paths, as plans files write them)
+UC_VERSION: dict[str, str] = {import_path(PlainConvUNet): import_path(UCPlainConvUNet),
+                              import_path(ResidualEncoderUNet): import_path(UCResidualEncoderUNet)}
+#: the arch_kwargs entries the uC version adds
+UC_KWARGS = ("uc_stages", "uc_depths", "uc_slice_axis")
+
+
+def has_uc_connections(architecture: dict) -> bool:
+    """Whether a plans ``architecture`` block names one of the uC versions."""
+    return architecture.get("network_class_name") in UC_VERSION.values()
+
+
+def with_uc_connections(architecture: dict, patch_size: Sequence[int], uc_stages: Sequence[int] | None = None
+                        ) -> dict:
+    """The uC version of a configuration's ``architecture`` block (a new dict; the input is not changed).
+
+    ``patch_size`` is the configuration's; ``uc_stages`` None takes ``uc_arch_kwargs``'s default stages. Raises
+    ``UCPlanError`` (a ``UserError``) naming the entry to fix for a class without a uC version, a 2-D
+    configuration or a patch too small for one uC level.
+    """
+    name = architecture.get("network_class_name")
+    if name not in UC_VERSION:
+        known = ", ".join(UC_VERSION)
+        raise UCPlanError(f"architecture.network_class_name is {name!r}; uC connections exist for {known}. "
+                          f"Use a configuration of nnU-Net's default planner or of a ResEnc planner")
+    result = copy.deepcopy(architecture)
+    result["network_class_name"] = UC_VERSION[name]
+    result["arch_kwargs"].update(uc_arch_kwargs(patch_size, architecture["arch_kwargs"]["strides"], uc_stages))
+    return result
+
+
+def without_uc_connections(architecture: dict) -> dict:
+    """nnU-Net's network the uC version was made from (a new dict): the class it replaced, no uC entries."""
+    base = {uc: plain for plain, uc in UC_VERSION.items()}
+    name = architecture.get("network_class_name")
+    if name not in base:
+        raise UCPlanError(f"architecture.network_class_name is {name!r}, not a uC version of nnU-Net's U-Net "
+                          f"({', '.join(base)})")
+    result = copy.deepcopy(architecture)
+    result["network_class_name"] = base[name]
+    for key in UC_KWARGS:
+        result["arch_kwargs"].pop(key, None)
+    return result
