@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "nnunetv2_uc.demo",
     "bench": "nnunetv2_uc.bench",
     "predict": "nnunetv2_uc.predict",
+    "plan": "nnunetv2_uc.cli.plan",
 }
 
 
