@@ -1,6 +1,8 @@
 """Peak memory of real fp32 training steps on the CPU, each in a fresh process (for the memory-model tests)."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
@@ -23,6 +25,9 @@ def _warm_up_runtime(build, loss_fn, input_channels: int, num_classes: int) -> N
     target = torch.randint(0, num_classes, (1, 1, 32, 16, 16), dtype=torch.int16)
     loss_fn(network(x), target).backward()
     torch.optim.AdamW(network.parameters()).step()
+    del network, x, target
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the freed heap back, so it is not reused unseen
 
 
 def _step_peak(architecture: dict, input_channels: int, num_classes: int, patch: tuple, batch: int,

@@ -86,3 +86,21 @@ def test_no_patch_fits_reports_the_smallest_patch_and_what_it_needs():
                                dataset_voxels=1e9, max_dataset_covered=1.0)
     assert not problems(info.value.patch) and math.prod(info.value.patch) == 32 * 16 * 16
     assert info.value.needed_bytes == memory(info.value.patch, 2) > 2000
+
+
+def test_the_binary_search_stops_where_the_shrink_loop_stops():
+    """Same patch as shrinking one step at a time until it fits, with far fewer memory evaluations."""
+    from nnunetv2_uc.planning.search import shrink_sequence
+
+    median, spacing = (128, 512, 512), (3.0, 0.78, 0.78)
+    memory = voxel_memory(1000, 3)
+    start = round_up(nnunet_initial_patch(spacing, median), SIXTEEN)
+    sequence = shrink_sequence(start, median, SIXTEEN, problems)
+    assert all(np.prod(b) < np.prod(a) for a, b in zip(sequence, sequence[1:]))
+    for budget in (10 ** 5, 10 ** 6, 10 ** 7, 5 * 10 ** 7):
+        step_by_step = next(p for p in sequence if memory(p, 2) <= budget)
+        evaluated = []
+        counting = lambda patch, batch: evaluated.append(patch) or memory(patch, batch)
+        found = search_patch_and_batch(spacing, median, SIXTEEN, problems, counting, budget, 1e12, 1.0)
+        assert found.patch == step_by_step
+        assert len(set(evaluated)) <= math.ceil(math.log2(len(sequence))) + 2 < len(sequence)

@@ -221,7 +221,7 @@ def plan_datasets(dataset_ids: Sequence[int], network: str, planner: str = "Expe
     datasets = [(d, _dataset_name(d)) for d in dataset_ids]
     plans_files = [_check_dataset(dataset_name, d, name, overwrite) for d, dataset_name in datasets]
 
-    planner_class = network_planner_class(base, plannable)
+    planner_class = network_planner_class(base, plannable, configurations)
     results = []
     for (dataset_id, dataset_name), plans_file in zip(datasets, plans_files):
         chatter = io.StringIO()

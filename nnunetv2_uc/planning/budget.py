@@ -66,3 +66,13 @@ def memory_budget(reference: NnUNetReference, gpu_target_gb: float, nnunet_memor
     per_element = per_reference_batch / float(nnunet_elements_per_sample)
     budget = fixed + per_element * reference.elements_at(gpu_target_gb)
     return MemoryBudget(int(budget), float(gpu_target_gb), reference, per_element, fixed)
+
+
+def nnunet_configuration_budget(configuration: dict, nnunet_memory: TrainingMemoryModel, reference: NnUNetReference,
+                                gpu_target_gb: float) -> MemoryBudget:
+    """The budget from a configuration nnU-Net planned for its own U-Net (``patch_size``, ``architecture``),
+    whose memory model is ``nnunet_memory`` (``memory.memory_model_for(configuration["architecture"], ...,
+    optimizer_slots=1, deep_supervision=True)``)."""
+    patch = [int(s) for s in configuration["patch_size"]]
+    elements = float(nnunet_memory.network.compute_conv_feature_map_size(patch))
+    return memory_budget(reference, gpu_target_gb, nnunet_memory, patch, elements)

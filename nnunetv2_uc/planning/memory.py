@@ -27,6 +27,7 @@ import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -202,10 +203,22 @@ class TrainingMemoryModel:
         if key not in self._per_sample:
             ledger = _StorageLedger(self._param_storages)
             shape = (1, self.input_channels, *key)
-            with self._mode, emulated_autocast(self.precision):
-                forward_and_loss(self.network, torch.empty(shape, device=self.precision.device), ledger.add)
+            checkpointing = getattr(self.network, "activation_checkpointing", False)
+            # checkpointed segments keep their inputs for the recomputation (autograd's hooks do not see them)
+            def keep_inputs(module: nn.Module, inputs: tuple) -> None:
+                for t in inputs:
+                    ledger.add(t)
+
+            hooks = [segment.register_forward_pre_hook(keep_inputs)
+                     for segment in (self.network.checkpoint_segments() if checkpointing else [])]
+            try:
+                with self._mode, emulated_autocast(self.precision):
+                    forward_and_loss(self.network, torch.empty(shape, device=self.precision.device), ledger.add)
+            finally:
+                for hook in hooks:
+                    hook.remove()
             total = ledger.total
-            if getattr(self.network, "activation_checkpointing", False):
+            if checkpointing:
                 with self._mode:
                     total += _checkpoint_segments_bytes(self.network, shape, self.precision, self._param_storages)
             self._per_sample[key] = (total, ledger.largest)
@@ -225,3 +238,14 @@ class TrainingMemoryModel:
         activations, largest = self.per_sample(patch)
         return StepMemory(self.parameter_bytes, activations * batch_size,
                           BACKWARD_WORKING_SET * largest * batch_size)
+
+
+def memory_model_for(architecture: dict, input_channels: int, num_classes: int, precision: Precision,
+                     optimizer_slots: int, deep_supervision: bool) -> TrainingMemoryModel:
+    """The memory model of the network a plans ``architecture`` block describes, built as nnU-Net builds it
+    (``get_network_from_plans``): nnU-Net's U-Net with deep supervision on, our networks with it off."""
+    return TrainingMemoryModel(
+        lambda: get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                                       architecture["_kw_requires_import"], input_channels, num_classes,
+                                       allow_init=False, deep_supervision=deep_supervision),
+        input_channels, precision, optimizer_slots)

@@ -13,18 +13,22 @@ from __future__ import annotations
 import inspect
 import json
 import math
+from pathlib import Path
 from typing import Sequence
 
+import nnunetv2
+import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
     nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL,
 )
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.planning.budget import MemoryBudget, NnUNetReference, memory_budget
-from nnunetv2_uc.planning.memory import GIB, CUDA_FP16_AUTOCAST, Precision, TrainingMemoryModel
+from nnunetv2_uc.planning.budget import MemoryBudget, NnUNetReference, nnunet_configuration_budget
+from nnunetv2_uc.planning.memory import GIB, CUDA_FP16_AUTOCAST, Precision, TrainingMemoryModel, memory_model_for
 from nnunetv2_uc.planning.networks import PlannableNetwork
 from nnunetv2_uc.planning.search import NoPatchFits, PatchAndBatch, search_patch_and_batch
 
@@ -48,6 +52,19 @@ def get_base_planner(name: str) -> type[ExperimentPlanner]:
     return BASE_PLANNERS[name]
 
 
+def planner_reference(planner_name: str, dataset_name_or_id) -> tuple[NnUNetReference, float]:
+    """(memory reference, default GPU memory target in GB) of the nnU-Net planner named in a plans file's
+    ``experiment_planner_used``, for a dataset. nnU-Net sets both in the planner's ``__init__``, which reads
+    the dataset's raw dataset.json and fingerprint, so the planner is instantiated for the dataset."""
+    base = BASE_PLANNERS.get(planner_name) or recursive_find_python_class(
+        str(Path(nnunetv2.__path__[0]) / "experiment_planning"), planner_name,
+        current_module="nnunetv2.experiment_planning")
+    if base is None:
+        raise UserError(f"unknown planner {planner_name!r} (experiment_planner_used of the plans)")
+    planner = base(dataset_name_or_id)
+    return NnUNetReference.of_planner(planner), float(planner.UNet_vram_target_GB)
+
+
 def base_plans_name(base: type[ExperimentPlanner]) -> str:
     """The plans name the base planner writes by default (nnUNetPlans, nnUNetResEncUNetLPlans, ...)."""
     return inspect.signature(base.__init__).parameters["plans_name"].default
@@ -64,12 +81,15 @@ def _required_target_gb(needed_bytes: int, budget: MemoryBudget) -> float:
 
 
 def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwork,
+                          configurations: Sequence[str] = ("3d_fullres",),
                           precision: Precision = CUDA_FP16_AUTOCAST,
                           optimizer_slots: int = DEFAULT_OPTIMIZER_SLOTS) -> type[ExperimentPlanner]:
-    """A subclass of ``base`` that plans ``network``; pass it to nnU-Net's ``plan_experiment_dataset``.
+    """A subclass of ``base`` that plans ``network`` for ``configurations`` (3d_fullres and/or 3d_lowres);
+    pass it to nnU-Net's ``plan_experiment_dataset``.
 
-    It does not write the plans file: ``save_plans`` keeps the plans in ``plans_to_write`` (the caller
-    validates and writes them atomically).
+    The other configurations stay nnU-Net's plans (2d is not planned at all). It does not write the plans
+    file: ``save_plans`` keeps the plans in ``plans_to_write`` (the caller validates and writes them
+    atomically).
     """
 
     class NetworkPlanner(base):
@@ -82,15 +102,20 @@ def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwo
         @staticmethod
         def static_estimate_VRAM_usage(patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
                                        arch_kwargs_req_import):
-            # nnU-Net's own estimate (feature-map elements), without its torch.set_num_threads, which crashes
-            # with nnUNet_n_proc_DA=0
-            net = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, input_channels,
-                                         output_channels, allow_init=False)
+            # nnU-Net's own estimate (feature-map elements, computed from shapes alone), with the network on the
+            # meta device (no weight initialisation: several times faster) and without nnU-Net's
+            # torch.set_num_threads, which crashes with nnUNet_n_proc_DA=0
+            with torch.device("meta"):
+                net = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, input_channels,
+                                             output_channels, allow_init=False)
             return net.compute_conv_feature_map_size(patch_size)
 
         def generate_data_identifier(self, configuration_name: str) -> str:
             """The base planner's data identifier under its default plans name: spacing and preprocessing are
-            the base planner's, so its preprocessed data is ours too."""
+            the base planner's, so its preprocessed data is ours too (unless spacing or preprocessor are
+            overridden: then the data are these plans' own)."""
+            if self.overwrite_target_spacing is not None or self.preprocessor_name != "DefaultPreprocessor":
+                return f"{self.plans_identifier}_{configuration_name}"
             own = self.plans_identifier
             self.plans_identifier = base_plans_name(base)
             try:
@@ -104,6 +129,8 @@ def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwo
                 return {"data_identifier": data_identifier, "not_planned": "3-D networks only"}
             nnunet = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
                                                          approximate_n_voxels_dataset, _cache)
+            if not any(data_identifier.endswith(f"_{c}") for c in configurations):
+                return nnunet  # e.g. nnU-Net's search for a 3d_lowres nobody asked for: keep it nnU-Net's (fast)
             return self._plan_for_network(nnunet, spacing, median_shape, approximate_n_voxels_dataset)
 
         def save_plans(self, plans: dict) -> None:
@@ -119,19 +146,14 @@ def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwo
             key = json.dumps([architecture, deep_supervision, slots], sort_keys=True, default=str)
             if key not in self._memory_models:
                 channels, classes = self._channels_and_classes()
-                build = lambda: get_network_from_plans(
-                    architecture["network_class_name"], architecture["arch_kwargs"],
-                    architecture["_kw_requires_import"], channels, classes, allow_init=False,
-                    deep_supervision=deep_supervision)
-                self._memory_models[key] = TrainingMemoryModel(build, channels, precision, slots)
+                self._memory_models[key] = memory_model_for(architecture, channels, classes, precision, slots,
+                                                            deep_supervision)
             return self._memory_models[key]
 
         def _budget(self, nnunet: dict) -> MemoryBudget:
             theirs = self._memory_model(nnunet["architecture"], True, NNUNET_OPTIMIZER_SLOTS)
-            patch = [int(s) for s in nnunet["patch_size"]]
-            elements = float(theirs.network.compute_conv_feature_map_size(patch))
-            return memory_budget(NnUNetReference.of_planner(self), float(self.UNet_vram_target_GB), theirs, patch,
-                                 elements)
+            return nnunet_configuration_budget(nnunet, theirs, NnUNetReference.of_planner(self),
+                                               float(self.UNet_vram_target_GB))
 
         def _plan_for_network(self, nnunet: dict, spacing: Sequence[float], median_shape: Sequence[float],
                               approximate_n_voxels_dataset: float) -> dict:

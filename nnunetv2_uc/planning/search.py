@@ -86,6 +86,33 @@ def _one_step_smaller(patch: tuple[int, ...], median_shape: Sequence[float], div
     return None
 
 
+def shrink_sequence(start: tuple[int, ...], median_shape: Sequence[float], divisors: Sequence[int],
+                    problems: ShapeProblemsFn) -> list[tuple[int, ...]]:
+    """Every patch nnU-Net's shrink loop visits from ``start`` down to the smallest valid one, in order.
+
+    The order depends on shapes only (not on memory), so the loop "shrink while it does not fit" stops at
+    the first patch of this sequence that fits.
+    """
+    sequence = [start]
+    while (smaller := _one_step_smaller(sequence[-1], median_shape, divisors, problems)) is not None:
+        sequence.append(smaller)
+    return sequence
+
+
+def _first_that_fits(sequence: list[tuple[int, ...]], fits: Callable[[tuple[int, ...]], bool]) -> int | None:
+    """Index of the first patch that fits (memory falls along the sequence: binary search), None if none."""
+    if not fits(sequence[-1]):
+        return None
+    low, high = 0, len(sequence) - 1  # sequence[high] fits
+    while low < high:
+        middle = (low + high) // 2
+        if fits(sequence[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
 def search_patch_and_batch(spacing: Sequence[float], median_shape: Sequence[float], divisors: Sequence[int],
                            problems: ShapeProblemsFn, memory: MemoryFn, budget_bytes: int,
                            dataset_voxels: float, max_dataset_covered: float, min_batch_size: int = 2
@@ -93,18 +120,19 @@ def search_patch_and_batch(spacing: Sequence[float], median_shape: Sequence[floa
     """nnU-Net's patch/batch search with ``memory(patch, batch)`` against ``budget_bytes``.
 
     ``memory`` must be affine in the batch size (fixed bytes + per-sample bytes): the batch is the largest that
-    fits. ``dataset_voxels`` is nnU-Net's ``approximate_n_voxels_dataset`` (median image voxels x cases).
-    Raises NoPatchFits when the smallest patch does not fit at ``min_batch_size``.
+    fits; and it must not grow when the patch shrinks (so the shrink loop can be a binary search over the
+    patches it would visit). ``dataset_voxels`` is nnU-Net's ``approximate_n_voxels_dataset`` (median image
+    voxels x cases). Raises NoPatchFits when the smallest patch does not fit at ``min_batch_size``.
     """
     median_shape = [float(m) for m in median_shape]
     start = _valid_start(round_up(nnunet_initial_patch(spacing, median_shape), divisors), median_shape,
                          divisors, problems)
-    patch = start
-    while memory(patch, min_batch_size) > budget_bytes:
-        smaller = _one_step_smaller(patch, median_shape, divisors, problems)
-        if smaller is None:
-            raise NoPatchFits(patch, min_batch_size, memory(patch, min_batch_size), budget_bytes)
-        patch = smaller
+    sequence = shrink_sequence(start, median_shape, divisors, problems)
+    index = _first_that_fits(sequence, lambda patch: memory(patch, min_batch_size) <= budget_bytes)
+    if index is None:
+        smallest = sequence[-1]
+        raise NoPatchFits(smallest, min_batch_size, memory(smallest, min_batch_size), budget_bytes)
+    patch = sequence[index]
     fixed = memory(patch, 0)
     per_sample = memory(patch, 1) - fixed
     by_memory = int((budget_bytes - fixed) // per_sample)
