@@ -50,6 +50,7 @@ def files(root: Path) -> dict[str, bytes]:
 
 
 def test_plan_writes_plans_that_nnunet_reads_and_builds_our_network_from(nnunet, capsys):
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -77,6 +78,10 @@ def test_plan_writes_plans_that_nnunet_reads_and_builds_our_network_from(nnunet,
     with torch.no_grad():
         assert network(torch.zeros(1, 1, *configuration.patch_size)).shape == (1, 3, 16, 32, 32)
 
+    # the printed preprocessing command works on these plans (nnUNetv2_preprocess's API)
+    preprocess_dataset(DATASET_ID, "nnUNetPlans_UC3DUNet", ["3d_fullres"], [1])
+    assert len(list((nnunet / "preprocessed" / DATASET / "nnUNetPlans_3d_fullres").glob("*.pkl"))) == 4
+
 
 def test_plan_reuses_nnunets_preprocessed_data(nnunet, capsys):
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset, preprocess_dataset
@@ -97,6 +102,14 @@ def test_plan_reuses_nnunets_preprocessed_data(nnunet, capsys):
     nnunet_plans = json.loads((nnunet / "preprocessed" / DATASET / "nnUNetPlans.json").read_text())
     for key in ("spacing", "normalization_schemes", "use_mask_for_norm", "data_identifier"):
         assert config[key] == nnunet_plans["configurations"]["3d_fullres"][key]
+
+    # another spacing: data of its own, and the command that makes it
+    assert main(["plan", "-d", str(DATASET_ID), "--network", "uc3dunet", "-overwrite_target_spacing", "3", "2", "2",
+                 "-overwrite_plans_name", "Coarse"]) == 0
+    out = capsys.readouterr().out
+    assert f"preprocess next: nnUNetv2_preprocess -d {DATASET_ID} -plans_name Coarse -c 3d_fullres" in out
+    coarse = json.loads((nnunet / "preprocessed" / DATASET / "Coarse.json").read_text())["configurations"]["3d_fullres"]
+    assert coarse["data_identifier"] == "Coarse_3d_fullres" and coarse["spacing"] == [3.0, 2.0, 2.0]
 
 
 @pytest.mark.parametrize("args,code,message", [

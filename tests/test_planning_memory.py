@@ -30,12 +30,17 @@ def model(network_class, precision: Precision, input_channels=1, num_classes=3, 
 # (network, patch, batch, activation checkpointing): activations dominate, so the CPU runtime's own few
 # hundred MB stay small beside them; one size per network in the default run, the rest marked slow (~1.5 min
 # each on 2 cores)
-SLOW = pytest.mark.slow
+def measured_case(name: str, patch: tuple, batch: int, checkpointing: bool = False, slow: bool = True):
+    case_id = f"{name}-{'x'.join(map(str, patch))}-b{batch}{'-checkpointed' if checkpointing else ''}"
+    return pytest.param(name, patch, batch, checkpointing, id=case_id, marks=[pytest.mark.slow] if slow else [])
+
+
 MEASURED = [
-    ("uc3dunet", (48, 64, 64), 2, False), ("uxnet", (48, 64, 64), 2, False),
-    pytest.param("uc3dunet", (64, 64, 64), 2, False, marks=SLOW), pytest.param("uxnet", (64, 64, 64), 2, False, marks=SLOW),
-    pytest.param("uc3dunet", (64, 96, 96), 1, False, marks=SLOW), pytest.param("uxnet", (64, 96, 96), 1, False, marks=SLOW),
-    pytest.param("uc3dunet", (64, 64, 64), 2, True, marks=SLOW), pytest.param("uxnet", (64, 64, 64), 2, True, marks=SLOW),
+    measured_case("uc3dunet", (48, 64, 64), 2, slow=False), measured_case("uxnet", (48, 64, 64), 2, slow=False),
+    measured_case("uc3dunet", (64, 64, 64), 2), measured_case("uxnet", (64, 64, 64), 2),
+    measured_case("uc3dunet", (64, 96, 96), 1), measured_case("uxnet", (64, 96, 96), 1),
+    measured_case("uc3dunet", (64, 64, 64), 2, checkpointing=True),
+    measured_case("uxnet", (64, 64, 64), 2, checkpointing=True),
 ]
 
 

@@ -151,3 +151,44 @@ def test_planner_references_are_read_from_nnunets_planners(plan, planner, expect
     plan("HIPPOCAMPUS_LIKE", "nnUNetPlannerResEncM", None, "uc3dunet")  # the module's nnU-Net folders are set up
     reference, default_target = planner_reference(planner, examples.HIPPOCAMPUS_LIKE.dataset_id)
     assert (reference.elements_3d, reference.gb, reference.batch_size, default_target) == expected
+
+
+def test_a_network_that_takes_nnunets_topology_is_one_table_entry(plan):
+    """The hook for uC on nnU-Net's U-Net (issue 12): architecture from the base plan, patch steps from its
+    strides. Here with nnU-Net's own PlainConvUNet."""
+    import contextlib
+    import io
+
+    import numpy as np
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+
+    from nnunetv2_uc.planning.networks import PlannableNetwork
+    from nnunetv2_uc.planning.planners import network_planner_class
+
+    plan("PROSTATE_LIKE", "ExperimentPlanner", None, "uxnet")  # the module's nnU-Net folders are set up
+    def divisors(architecture: dict) -> tuple[int, ...]:
+        return tuple(int(d) for d in np.prod(architecture["arch_kwargs"]["strides"], 0))
+
+    def problems(architecture: dict, patch) -> list[str]:
+        bottleneck = [p // d for p, d in zip(patch, divisors(architecture))]
+        return [] if math.prod(bottleneck) > 1 else [f"bottleneck {bottleneck} is a single voxel"]
+
+    on_nnunet_topology = PlannableNetwork(
+        name="plain-nnunet", plans_suffix="PlainCopy",
+        architecture=lambda configuration: configuration["architecture"],
+        patch_divisors=divisors, patch_problems=problems)
+    planner = network_planner_class(ExperimentPlanner, on_nnunet_topology)
+    with contextlib.redirect_stdout(io.StringIO()):
+        plans, name = plan_experiment_dataset(examples.PROSTATE_LIKE.dataset_id, planner)
+    config = plans["configurations"]["3d_fullres"]
+    nnunet = config[PLANNING_KEY]["nnunet"]
+    assert name == "nnUNetPlans_PlainCopy"
+    assert config["architecture"]["network_class_name"].endswith("PlainConvUNet")
+    divisors = np.prod(config["architecture"]["arch_kwargs"]["strides"], 0)
+    assert all(p % d == 0 for p, d in zip(config["patch_size"], divisors))
+    # nnU-Net's own network (deep supervision off, AdamW) planned our way gets nnU-Net's own decision: the
+    # budget conversion and the search reproduce nnU-Net's planner (also on BraTS-, abdomen- and ResEnc L-shaped
+    # plans when tried)
+    assert config["patch_size"] == nnunet["patch_size"] == [20, 320, 256]
+    assert config["batch_size"] == nnunet["batch_size"] == 2

@@ -7,8 +7,9 @@ What a training step holds at its peak (the start of the backward pass):
 - activations: every tensor autograd saves for the backward pass of the network AND of nnU-Net's loss
   (Dice + cross-entropy, on every deep-supervision output), with the dtypes autocast really produces on the
   target device (on CUDA under fp16 autocast: convolutions save fp16 inputs and fp16 weight copies, norms,
-  softmax and what follows them fp32), each storage counted once (views share storage), plus the network's
-  outputs, the input batch and the targets;
+  softmax and what follows them fp32; autocast's fp16 weight copies are among the saved tensors), each
+  storage counted once (views share storage), plus the network's outputs, the input batch and the targets;
+  with activation checkpointing, the segments' stored inputs plus the largest segment's recomputation;
 - transient: what the backward pass allocates on top (see ``BACKWARD_WORKING_SET``).
 
 The activations come from one forward pass on fake tensors (``torch._subclasses.fake_tensor``): shapes,
@@ -35,7 +36,9 @@ GIB = 2 ** 30
 BYTES_FP32 = 4
 #: The backward pass holds, on top of what was saved, the gradients in flight: the incoming and outgoing
 #: gradient of the op being differentiated and pending skip-connection gradients. Modelled as this many copies
-#: of the largest saved activation (calibrated against measured CPU training steps, tests/test_planning_memory.py).
+#: of the largest saved activation. Calibrated on real fp32 CPU training steps (peak RSS, fresh process; both
+#: networks at 48x64x64 b2, 64^3 b2, 64x96x96 b1, and 64^3 b2 checkpointed): the total came within -2%..+5%
+#: (tests/test_planning_memory.py). Not measured on a GPU.
 BACKWARD_WORKING_SET = 2
 
 
@@ -68,10 +71,6 @@ class StepMemory:
     @property
     def total(self) -> int:
         return self.parameters + self.activations + self.transient
-
-    def __add__(self, other: "StepMemory") -> "StepMemory":
-        return StepMemory(self.parameters + other.parameters, self.activations + other.activations,
-                          self.transient + other.transient)
 
 
 def parameter_bytes(network: nn.Module, optimizer_slots: int) -> int:
@@ -201,28 +200,33 @@ class TrainingMemoryModel:
         """(activation bytes, largest saved storage) for one sample of ``patch``."""
         key = tuple(int(s) for s in patch)
         if key not in self._per_sample:
-            ledger = _StorageLedger(self._param_storages)
             shape = (1, self.input_channels, *key)
-            checkpointing = getattr(self.network, "activation_checkpointing", False)
-            # checkpointed segments keep their inputs for the recomputation (autograd's hooks do not see them)
-            def keep_inputs(module: nn.Module, inputs: tuple) -> None:
-                for t in inputs:
-                    ledger.add(t)
-
-            hooks = [segment.register_forward_pre_hook(keep_inputs)
-                     for segment in (self.network.checkpoint_segments() if checkpointing else [])]
-            try:
-                with self._mode, emulated_autocast(self.precision):
-                    forward_and_loss(self.network, torch.empty(shape, device=self.precision.device), ledger.add)
-            finally:
-                for hook in hooks:
-                    hook.remove()
+            ledger = self._saved_in_training_forward(shape)
             total = ledger.total
-            if checkpointing:
+            if getattr(self.network, "activation_checkpointing", False):
                 with self._mode:
                     total += _checkpoint_segments_bytes(self.network, shape, self.precision, self._param_storages)
             self._per_sample[key] = (total, ledger.largest)
         return self._per_sample[key]
+
+    def _saved_in_training_forward(self, batch_shape: tuple[int, ...]) -> _StorageLedger:
+        ledger = _StorageLedger(self._param_storages)
+
+        def keep_inputs(module: nn.Module, inputs: tuple) -> None:
+            for t in inputs:
+                ledger.add(t)
+
+        # checkpointed segments keep their inputs for the recomputation (autograd's pack hook does not see them)
+        checkpointing = getattr(self.network, "activation_checkpointing", False)
+        hooks = [segment.register_forward_pre_hook(keep_inputs)
+                 for segment in (self.network.checkpoint_segments() if checkpointing else [])]
+        try:
+            with self._mode, emulated_autocast(self.precision):
+                forward_and_loss(self.network, torch.empty(batch_shape, device=self.precision.device), ledger.add)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return ledger
 
     def saved_tensors(self, patch: Sequence[int], batch_size: int) -> list[tuple[torch.dtype, tuple[int, ...]]]:
         """(dtype, shape) of what one training forward saves, in order (``forward_and_loss``): to inspect or

@@ -28,14 +28,14 @@ class PlannableNetwork:
     architecture: nnU-Net's planned configuration -> the ``architecture`` block for the plans
         (``network_class_name`` import path, ``arch_kwargs``, ``_kw_requires_import``).
     patch_divisors: architecture block -> per-axis multiple every patch axis must be.
-    patch_problems: patch -> why the network cannot take it (empty if it can).
+    patch_problems: (architecture block, patch) -> why the network cannot take the patch (empty if it can).
     """
 
     name: str
     plans_suffix: str
     architecture: Callable[[dict], dict]
     patch_divisors: Callable[[dict], tuple[int, ...]]
-    patch_problems: Callable[[Sequence[int]], list[str]]
+    patch_problems: Callable[[dict, Sequence[int]], list[str]]
 
 
 def class_path(network_class: type) -> str:
@@ -62,7 +62,7 @@ def _paper_network(name: str, network_class: type[nn.Module]) -> PlannableNetwor
         plans_suffix=network_class.__name__,
         architecture=lambda configuration: {**block, "arch_kwargs": dict(block["arch_kwargs"])},
         patch_divisors=lambda architecture: (TOTAL_STRIDE,) * 3,
-        patch_problems=lambda patch: spatial_shape_problems(patch, multiple_of_16=True),
+        patch_problems=lambda architecture, patch: spatial_shape_problems(patch, multiple_of_16=True),
     )
 
 

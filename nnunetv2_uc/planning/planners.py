@@ -162,7 +162,8 @@ def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwo
             budget = self._budget(nnunet)
             try:
                 found = search_patch_and_batch(
-                    spacing, median_shape, network.patch_divisors(architecture), network.patch_problems,
+                    spacing, median_shape, network.patch_divisors(architecture),
+                    lambda patch: network.patch_problems(architecture, patch),
                     lambda patch, batch: ours(patch, batch).total, budget.bytes, approximate_n_voxels_dataset,
                     self.max_dataset_covered, self.UNet_min_batch_size)
             except NoPatchFits as e:
