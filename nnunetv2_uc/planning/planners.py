@@ -88,15 +88,14 @@ def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwo
     pass it to nnU-Net's ``plan_experiment_dataset``.
 
     The other configurations stay nnU-Net's plans (2d is not planned at all). It does not write the plans
-    file: ``save_plans`` keeps the plans in ``plans_to_write`` (the caller validates and writes them
-    atomically).
+    file (``save_plans`` only makes them JSON-ready): the caller gets them from ``plan_experiment`` and writes
+    them once everything is validated.
     """
 
     class NetworkPlanner(base):
         def __init__(self, dataset_name_or_id, *args, plans_name: str | None = None, **kwargs):
             super().__init__(dataset_name_or_id, *args, plans_name=plans_name or default_plans_name(base, network),
                              **kwargs)
-            self.plans_to_write: dict | None = None
             self._memory_models: dict[str, TrainingMemoryModel] = {}
 
         @staticmethod
@@ -135,7 +134,6 @@ def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwo
 
         def save_plans(self, plans: dict) -> None:
             recursive_fix_for_json_export(plans)
-            self.plans_to_write = plans
 
         # ------------------------------------------------------------------------------------------------
         def _channels_and_classes(self) -> tuple[int, int]:
