@@ -64,7 +64,8 @@ def test_wheel_carries_the_mapped_packages_and_imports_from_them(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("nnunetv2_uc-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for expected in ("nnunetv2_uc/cli/__init__.py", "nnunetv2_uc/cli/demo.py",
+    for expected in ("nnunetv2_uc/cli/__init__.py", "nnunetv2_uc/cli/demo.py", "nnunetv2_uc/cli/plan.py",
+                     "nnunetv2_uc/planning/api.py",
                      "nnunetv2_uc/architectures/building_blocks/u_connection.py", "nnunetv2_uc/architectures/uxnet.py",
                      "nnunetv2_uc/architectures/uc3dunet.py", "nnunetv2_uc/trainers/__init__.py",
                      "nnunetv2_uc/plans_overrides/__init__.py", "nnunetv2_uc/cli/doctor.py",
