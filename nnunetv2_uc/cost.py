@@ -1,4 +1,5 @@
-"""Parameters, MACs, latency and peak memory of UX-Net / uC 3DU-Net next to nnU-Net's PlainConvUNet.
+"""Parameters, MACs, latency and peak memory of UX-Net / uC 3DU-Net next to nnU-Net's PlainConvUNet, and parameters and
+MACs of an nnU-Net plan's network next to the same plan with uC connections (``plans_cost_report``).
 
 MACs follow fvcore's conventions (the spec's reference numbers): convolutions from torch.utils.flop_counter
 (1 multiply-add = 1 MAC; transposed convs counted over input voxels), the grouped 1x1x1 "DCS" layers as the
@@ -9,14 +10,25 @@ transposed convolutions 8x in 3-D, see the README.
 """
 from __future__ import annotations
 
+import copy
+import json
+import os
 from typing import Sequence
 
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nnunetv2_uc.architectures.registry import network_entry, original_networks
+from nnunetv2_uc.architectures.uc_unet import UCPlanError
 from nnunetv2_uc.architectures.uxnet import DepthwiseChannelScaling
+from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.timing import StepSetup, build_network, measure_step, run_in_fresh_process
+from nnunetv2_uc.uc_plans import has_uc_connections, with_uc_connections, without_uc_connections
 
 DEFAULT_ARCHS = ("uxnet", "uc3dunet", "plainunet")
 
@@ -25,11 +37,19 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(arch: str, input_channels: int, num_classes: int, patch: Sequence[int], batch: int = 1) -> int:
-    """MACs of one forward pass (fvcore conventions, see the module docstring), counted on the meta device."""
-    with torch.device("meta"):
-        model = build_network(arch, input_channels, num_classes, patch).eval()
-        x = torch.empty(batch, input_channels, *patch)
+def count_macs(network: str | nn.Module, input_channels: int, num_classes: int, patch: Sequence[int],
+               batch: int = 1) -> int:
+    """MACs of one forward pass (fvcore conventions, see the module docstring) on ``batch`` inputs of ``patch``.
+
+    ``network``: a registry name (built for ``patch`` on the meta device; ``num_classes`` is used only then) or a
+    built network, run as it is on the device of its parameters (build it on the meta device to count without
+    compute: ``with torch.device("meta"): ...``).
+    """
+    if isinstance(network, str):
+        with torch.device("meta"):
+            network = build_network(network, input_channels, num_classes, patch)
+    device = next(network.parameters()).device
+    x = torch.empty(batch, input_channels, *patch, device=device)
     norms = (nn.InstanceNorm3d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)
     extra = [0]
 
@@ -39,13 +59,18 @@ def count_macs(arch: str, input_channels: int, num_classes: int, patch: Sequence
         else:
             extra[0] += output.numel() * (5 if getattr(module, "weight", None) is not None else 4)
 
-    hooks = [m.register_forward_hook(count_module) for m in model.modules()
+    hooks = [m.register_forward_hook(count_module) for m in network.modules()
              if isinstance(m, norms + (DepthwiseChannelScaling,))]
+    was_training = network.training
+    network.eval()
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    for hook in hooks:
-        hook.remove()
+    try:
+        with counter, torch.no_grad():
+            network(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        network.train(was_training)
     return counter.get_total_flops() // 2 + extra[0]
 
 
@@ -82,4 +107,133 @@ def format_table(rows: list[dict]) -> str:
             if timed:
                 cells.append(f"{r['train_step_s'] / baseline['train_step_s']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a plan's network
+# ----------------------------------------------------------------------------------------------------------
+def plans_network(plans: dict, configuration: str, dataset_json: dict, trainer_class: type = nnUNetTrainer
+                  ) -> tuple[nn.Module, int, list[int]]:
+    """The network nnU-Net's predictor builds for ``configuration`` of ``plans`` (``trainer_class``'s static
+    ``build_network_architecture``, deep supervision off), on the meta device: (network, input channels, patch)."""
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(configuration)
+    input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    with torch.device("meta"):
+        network = trainer_class.build_network_architecture(plans_manager, configuration_manager, input_channels,
+                                                           outputs, enable_deep_supervision=False)
+    return network, input_channels, list(configuration_manager.patch_size)
+
+
+def network_cost(network: nn.Module, input_channels: int, patch: Sequence[int]) -> dict:
+    """{"parameters", "gmacs"} of a built network for one input of ``patch``."""
+    return {"parameters": count_parameters(network),
+            "gmacs": count_macs(network, input_channels, 0, patch) / 1e9}
+
+
+def load_dataset_plans(dataset: str, plans_identifier: str) -> tuple[dict, dict]:
+    """(plans, dataset.json) of a preprocessed dataset, from $nnUNet_preprocessed; missing files name the fix."""
+    preprocessed = os.environ.get("nnUNet_preprocessed")
+    if not preprocessed:
+        raise UserError("$nnUNet_preprocessed is not set; export it to the folder nnUNetv2_plan_and_preprocess wrote")
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as error:
+        raise UserError(f"dataset {dataset!r}: {error}") from error
+    folder = os.path.join(preprocessed, dataset_name)
+    paths = {"plans": os.path.join(folder, f"{plans_identifier}.json"),
+             "dataset.json": os.path.join(folder, "dataset.json")}
+    for what, path in paths.items():
+        if not os.path.isfile(path):
+            fix = f"check -p {plans_identifier} or run" if what == "plans" else "run"
+            raise UserError(f"{path}: no such file; {fix} nnUNetv2_plan_and_preprocess -d {dataset}")
+    with open(paths["plans"]) as f:
+        plans = json.load(f)
+    with open(paths["dataset.json"]) as f:
+        dataset_json = json.load(f)
+    return plans, dataset_json
+
+
+def _uc_variant(plans: dict, configuration: str) -> tuple[str, dict]:
+    """(row name, plans) of the other side of ``configuration``: its uC version, or for uC plans nnU-Net's network
+    they were made from. A configuration the uC network cannot take is a UCPlanError naming the plans entry."""
+    resolved = PlansManager(plans).get_configuration(configuration).configuration
+    architecture = resolved["architecture"]
+    where = f"plans {plans.get('plans_name', '?')}, configurations[{configuration!r}]"
+    try:
+        if has_uc_connections(architecture):
+            name, other = "plan without uC", without_uc_connections(architecture)
+        else:
+            name, other = "plan with uC", with_uc_connections(architecture, resolved["patch_size"])
+    except UCPlanError as error:
+        raise UCPlanError(f"{where}: {error}") from None
+    variant = copy.deepcopy(plans)
+    variant["configurations"][configuration]["architecture"] = other
+    return name, variant
+
+
+def _paper_rows(patch: Sequence[int], input_channels: int, num_classes: int) -> list[dict]:
+    """The paper networks (registry, paper configuration) at the plan's patch; one that cannot take the patch
+    gets a row with ``problem`` and no counts."""
+    rows = []
+    for arch in original_networks():
+        entry = network_entry(arch)
+        row = {"network": f"paper {entry.network_class.__name__}", "network_class": entry.network_class.__name__,
+               "patch": list(patch), "input_channels": input_channels, "uc_stages": None,
+               "parameters": None, "gmacs": None}
+        problems = entry.input_problems(patch)
+        if problems:
+            row["problem"] = "; ".join(problems)
+        else:
+            counted = cost_report([arch], patch, input_channels, num_classes, timing=False)[0]
+            row.update(parameters=counted["parameters"], gmacs=counted["gmacs"])
+        rows.append(row)
+    return rows
+
+
+def plans_cost_report(plans: dict, configuration: str, dataset_json: dict) -> list[dict]:
+    """Parameters and MACs at the configuration's patch of the plan's network, of the same plan with uC connections
+    (for a plan that already has them: without them) and of the paper networks (paper widths). The plan's row first.
+
+    Raises UserError for a missing configuration, UCPlanError for one the uC network cannot take (2-D, a patch
+    too small for one uC level, another network class), before anything is built.
+    """
+    available = sorted(plans.get("configurations", {}))
+    if configuration not in available:
+        raise UserError(f"plans {plans.get('plans_name', '?')} have no configuration {configuration!r} "
+                        f"(available: {', '.join(available) or 'none'}); choose one with -c")
+    variant_name, variant = _uc_variant(plans, configuration)
+    rows = []
+    for name, these_plans in (("plan", plans), (variant_name, variant)):
+        network, input_channels, patch = plans_network(these_plans, configuration, dataset_json)
+        arch_kwargs = PlansManager(these_plans).get_configuration(configuration).network_arch_init_kwargs
+        rows.append({"network": name, "network_class": type(network).__name__,
+                     "plans_name": plans.get("plans_name"), "configuration": configuration, "patch": patch,
+                     "input_channels": input_channels, "uc_stages": arch_kwargs.get("uc_stages"),
+                     **network_cost(network, input_channels, patch)})
+    num_classes = PlansManager(plans).get_label_manager(dataset_json).num_segmentation_heads
+    return rows + _paper_rows(rows[0]["patch"], rows[0]["input_channels"], num_classes)
+
+
+def format_plans_table(rows: list[dict]) -> str:
+    """Markdown: one row per network, with the ratios to the first row (the plan's own network); a network that
+    cannot take the patch says why under the table."""
+    plan = rows[0]
+    header = ["network", "class", "patch", "uC stages", "params", "GMACs", "params x plan", "MACs x plan"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for r in rows:
+        stages = "-" if r["uc_stages"] is None else ", ".join(str(s) for s in r["uc_stages"])
+        cells = [r["network"], r["network_class"], "x".join(str(s) for s in r["patch"]), stages]
+        if r["parameters"] is None:
+            cells += ["n/a"] * 4
+            notes.append(f"{r['network']}: cannot take patch {'x'.join(str(s) for s in r['patch'])}: {r['problem']}")
+        else:
+            cells += [f"{r['parameters']:,}", f"{r['gmacs']:.3f}", f"{r['parameters'] / plan['parameters']:.2f}",
+                      f"{r['gmacs'] / plan['gmacs']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "GMACs: one forward pass of one patch, deep supervision off (fvcore conventions). Paper networks: "
+              "their papers' widths (the plan's rows: the plan's widths)."] + notes
     return "\n".join(lines)

@@ -71,3 +71,14 @@ def nnunet_env(root: Path) -> dict[str, str]:
     for key in ("raw", "preprocessed", "results"):
         (root / key).mkdir(parents=True, exist_ok=True)
     return env
+
+
+def uc_plans_by_hand():
+    """scripts/uc_plans_by_hand.py as a module (uC plans written by hand, until `nnunetv2_uc plan` writes them)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "uc_plans_by_hand.py"
+    spec = importlib.util.spec_from_file_location("uc_plans_by_hand", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
