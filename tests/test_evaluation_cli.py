@@ -261,9 +261,11 @@ def test_nnunet_results_mode_pools_folds(folders, tmp_path, monkeypatch, capsys)
     table = tmp_path / "compare.md"
     assert run_cli("--nnunet-results", "987", "nnUNetTrainerX,nnUNetTrainerY", "3d_fullres", "-p", "myPlans",
                    "--folds", "0", "-o", tmp_path / "cv.json", "--table", table) == 0
-    comparison = table.read_text().split("trainers compared")[1]
-    assert "| nnUNetTrainerY | class-first | 2 | 100.00 | 100.00 | 0.00 | 0.00 | 0.00 | 0.00 | 100.00 | 0 |" in comparison
-    assert "| nnUNetTrainerX | case-first (uC) | 2 |" in comparison
+    comparison = table.read_text().split("models compared")[1]
+    assert ("| nnUNetTrainerY | n/a | n/a | n/a | class-first | 2 | 100.00 | 100.00 | 0.00 | 0.00 | 0.00 | 0.00 | "
+            "100.00 | 0 |") in comparison  # no plans.json or checkpoint in these folders: cost n/a, said why
+    assert "nnUNetTrainerY: #Params/GMACs: no plans.json or dataset.json in the results folder" in comparison
+    assert "| nnUNetTrainerX | n/a | n/a | n/a | case-first (uC) | 2 |" in comparison
     assert json.loads((tmp_path / "cv.nnUNetTrainerY.json").read_text())["mean"]["dice"] == 1.0
     assert json.loads((tmp_path / "cv.nnUNetTrainerX.json").read_text())["n_cases"] == 2
     capsys.readouterr()

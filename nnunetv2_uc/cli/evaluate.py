@@ -2,7 +2,9 @@
 
 Two modes:
   nnunetv2_uc evaluate --gt GT_DIR --pred PRED_DIR -o OUT.json [--table OUT.md] [--csv OUT.csv] [--plots DIR]
-  nnunetv2_uc evaluate --nnunet-results DATASET TRAINER[,TRAINER2,...] CONFIG [-p PLANS] [--folds 0 1 2 3 4]
+  nnunetv2_uc evaluate --nnunet-results DATASET MODEL[,MODEL2,...] CONFIG [-p PLANS] [--folds 0 1 2 3 4]
+      MODEL: TRAINER (trained with -p PLANS) or TRAINER__PLANS (nnU-Net's folder-name separator), so models
+      trained with different plans can be compared; the comparison table has #Params, GMACs and training time
 
 Files are matched by case name and read with nnU-Net's reader classes on the reference's native grid and spacing.
 Exit codes: 0 success, 2 bad input (one message per problem; --skip-bad evaluates the rest and lists the skipped
@@ -33,10 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     nnunet = parser.add_argument_group("nnU-Net results mode")
     nnunet.add_argument("--nnunet-results", nargs=3, metavar=("DATASET", "TRAINER", "CONFIG"),
                         help="evaluate $nnUNet_results/DATASET/TRAINER__PLANS__CONFIG/fold_*/validation against "
-                             "$nnUNet_preprocessed/DATASET/gt_segmentations and print the paper table; several "
-                             "comma-separated trainers add a comparison table (-o/--csv then get the trainer name "
-                             "before the extension, --plots a sub-folder per trainer)")
-    nnunet.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+                             "$nnUNet_preprocessed/DATASET/gt_segmentations and print the paper table; TRAINER may be "
+                             "TRAINER__PLANS; several comma-separated ones add a comparison table with #Params, "
+                             "GMACs and training time (-o/--csv then get the model name before the extension, "
+                             "--plots a sub-folder per model)")
+    nnunet.add_argument("-p", "--plans", default="nnUNetPlans",
+                        help="plans identifier of the models given without __PLANS (default: nnUNetPlans)")
     nnunet.add_argument("--folds", nargs="+", metavar="FOLD",
                         help="folds to pool (default: every fold_k with a validation folder)")
     parser.add_argument("--labels", nargs="+", type=int, metavar="ID", help="foreground label ids to evaluate")
@@ -62,6 +66,11 @@ def _check_arguments(args) -> list[str]:
                 errors.append(f"{flag} is required (or use --nnunet-results DATASET TRAINER CONFIG)")
     elif args.gt or args.pred:
         errors.append("--gt/--pred and --nnunet-results are exclusive; use one mode")
+    else:
+        try:
+            _models(args)
+        except UserError as error:
+            errors.append(str(error))
     if args.processes < 1:
         errors.append(f"-j {args.processes}: must be at least 1")
     try:
@@ -71,15 +80,30 @@ def _check_arguments(args) -> list[str]:
     return errors
 
 
-def _trainers(args) -> list[str]:
-    """Trainer names of --nnunet-results (comma-separated to compare several); [] in folders mode."""
-    return [t for t in args.nnunet_results[1].split(",") if t] if args.nnunet_results else []
+def _models(args) -> dict[str, tuple[str, str]]:
+    """--nnunet-results models as given (comma-separated TRAINER or TRAINER__PLANS) -> (trainer, plans); {} in
+    folders mode. A model without __PLANS uses -p."""
+    if not args.nnunet_results:
+        return {}
+    models: dict[str, tuple[str, str]] = {}
+    for item in (m for m in args.nnunet_results[1].split(",") if m):
+        parts = item.split("__")
+        if len(parts) > 2 or not all(parts):
+            raise UserError(f"--nnunet-results model {item!r}: give TRAINER or TRAINER__PLANS (the first two parts "
+                            f"of nnU-Net's TRAINER__PLANS__CONFIG folder name)")
+        trainer, plans = parts if len(parts) == 2 else (item, args.plans)
+        if (trainer, plans) in models.values():
+            raise UserError(f"--nnunet-results: {trainer}__{plans} is listed twice; list each model once")
+        models[item] = (trainer, plans)
+    if not models:
+        raise UserError("--nnunet-results: no trainer given; e.g. nnUNetTrainer,nnUNetTrainerUC")
+    return models
 
 
 def output_paths(args) -> dict[str | None, dict[str, str | None]]:
-    """Output files per evaluation: the given paths for one evaluation; with several trainers, JSON/CSV get the
-    trainer inserted before the extension (``cv.json`` -> ``cv.TRAINER.json``) and plots go to ``DIR/TRAINER``."""
-    trainers = _trainers(args)
+    """Output files per evaluation: the given paths for one evaluation; with several models, JSON/CSV get the
+    model inserted before the extension (``cv.json`` -> ``cv.MODEL.json``) and plots go to ``DIR/MODEL``."""
+    trainers = list(_models(args))
     if len(trainers) <= 1:
         return {trainers[0] if trainers else None: {"output": args.output, "csv": args.csv, "plots": args.plots}}
 
@@ -105,14 +129,19 @@ def _existing_outputs(args) -> list[str]:
 def _evaluate(args) -> list[tuple[str | None, dict, str]]:
     """Run the chosen mode; returns (trainer or None, summary, table title) per evaluation."""
     if args.nnunet_results:
+        # imported here: it needs torch and nnU-Net's trainers (seconds to import); folders mode does not
+        from nnunetv2_uc.evaluation.model_info import describe_training
+
         dataset, _, configuration = args.nnunet_results
         evaluations = []
-        for trainer in _trainers(args):
-            training = locate_training(dataset, trainer, configuration, args.plans, args.folds)
+        for name, (trainer, plans) in _models(args).items():
+            training = locate_training(dataset, trainer, configuration, plans, args.folds)
             summary = evaluate_training(training, args.processes, args.empty_policy, args.skip_bad, args.labels)
-            title = (f"{training.dataset_name}: {trainer}__{args.plans}__{configuration}, cross-validation folds "
+            summary["model"] = describe_training(training.model_dir, trainer, configuration,
+                                                 summary["inputs"]["folds"])
+            title = (f"{training.dataset_name}: {trainer}__{plans}__{configuration}, cross-validation folds "
                      f"{', '.join(summary['inputs']['folds'])}")
-            evaluations.append((trainer, summary, title))
+            evaluations.append((name, summary, title))
         return evaluations
     summary = evaluate_folders(args.gt, args.pred, args.labels, args.processes, args.dataset_json,
                                args.empty_policy, args.skip_bad)
@@ -148,7 +177,7 @@ def _write_outputs(args, evaluations: list[tuple[str | None, dict, str]]) -> Non
     if len(evaluations) > 1:
         tables.append(comparison_table({trainer: summary for trainer, summary, _ in evaluations},
                                        f"{evaluations[0][1]['inputs']['model_dir'].split(os.sep)[-2]}: "
-                                       f"trainers compared"))
+                                       f"models compared"))
     text = "\n".join(tables)
     if args.table:
         atomic_write_text(args.table, text)

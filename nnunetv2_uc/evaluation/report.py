@@ -87,15 +87,37 @@ def markdown_table(summary: dict, title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _model_cells(model: dict | None) -> list[str]:
+    """#Params (M), GMACs and training minutes per fold of ``summary["model"]`` (n/a where unknown)."""
+    model = model or {}
+    seconds = list(model.get("train_seconds", {}).values())
+    return [_format(model.get("parameters"), 1e-6), _format(model.get("gmacs"), 1.0, 3),
+            _format(sum(seconds) / len(seconds) if seconds else None, 1 / 60, 1)]
+
+
 def comparison_table(summaries: dict[str, dict], title: str) -> str:
-    """One row per evaluation (e.g. trainer) and aggregation order, the paper's columns, definitions as above."""
-    header = ["Trainer", "Aggregation", "n"] + [column for column, _, _ in TABLE_COLUMNS] + ["empty-mask fills"]
+    """One row per evaluation (a model: TRAINER or TRAINER__PLANS) and aggregation order: the network's cost (from
+    ``summary["model"]``, see ``model_info``), then the paper's columns; definitions as in ``markdown_table``."""
+    header = (["Model", "#Params (M)", "GMACs", "Train (min/fold)", "Aggregation", "n"]
+              + [column for column, _, _ in TABLE_COLUMNS] + ["empty-mask fills"])
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, summary in summaries.items():
         fills = summary["empty_masks"]["n_filled"]
+        cost = _model_cells(summary.get("model"))
         for aggregation, key in (("class-first", "mean"), ("case-first (uC)", "mean_case_first")):
-            lines.append(_row([name, aggregation, str(summary["n_cases"])], summary[key], trailing=(str(fills),)))
-    lines += ["", "Columns and conventions as defined under the per-trainer tables; n = evaluated cases."]
+            lines.append(_row([name, *cost, aggregation, str(summary["n_cases"])], summary[key],
+                              trailing=(str(fills),)))
+    lines += ["", "Columns and conventions as defined under the per-model tables; n = evaluated cases.",
+              "#Params: parameters of the network nnUNetv2_predict builds from the results folder's plans.json (the "
+              "trainer's build_network_architecture, deep-supervision heads included). GMACs: one forward pass of one "
+              "patch of the plans' patch_size, deep supervision off (`nnunetv2_uc cost` conventions: fvcore's, "
+              "transposed convolutions over their input voxels; thop/ptflops figures in papers are higher). "
+              "Train: sum of nnU-Net's epoch durations in checkpoint_final.pth, mean over the folds (no final "
+              "validation); it depends on the machine and on what else ran on it."]
+    problems = [f"{name}: {problem}" for name, summary in summaries.items()
+                for problem in (summary.get("model") or {}).get("problems", [])]
+    if problems:
+        lines.append("n/a: " + "; ".join(problems) + ".")
     return "\n".join(lines) + "\n"
 
 
