@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from nnunetv2_uc.cli import SUBCOMMANDS, main
 from nnunetv2_uc.evaluation import evaluate_folders
 from nnunetv2_uc.cli import evaluate as evaluate_cli
+from nnunetv2_uc.evaluation.report import _format
 
 SITK_SPACING = (0.8, 0.9, 2.5)          # (x, y, z) as SimpleITK stores it
 ARRAY_SPACING = SITK_SPACING[::-1]      # (z, y, x): what nnU-Net's reader reports for the (z, y, x) array
@@ -275,3 +276,8 @@ def test_nnunet_results_mode_pools_folds(folders, tmp_path, monkeypatch, capsys)
     assert run_cli("--nnunet-results", "987", "nnUNetTrainerX", "3d_fullres", "-p", "myPlans",
                    "--folds", "0", "4") == 2
     assert "fold_4" in capsys.readouterr().err
+
+
+def test_table_cells_have_no_negative_zero():
+    assert _format(-1e-6, 100.0) == "0.00"  # e.g. the ARI of a prediction that is all background
+    assert _format(-0.003, 100.0) == "-0.30" and _format(0.5, 100.0) == "50.00" and _format(None, 1.0) == "n/a"

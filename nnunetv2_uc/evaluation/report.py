@@ -32,7 +32,8 @@ def display_name(label: str | int, name: str) -> str:
 def _format(value: float | None, scale: float, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    return f"{value * scale:.{digits}f}"
+    text = f"{value * scale:.{digits}f}"
+    return text.lstrip("-") if float(text) == 0 else text  # no "-0.00" (e.g. an ARI of -1e-6)
 
 
 def _row(leading: list[str], values: dict, stds: dict | None = None, trailing: tuple[str, ...] = ()) -> str:
