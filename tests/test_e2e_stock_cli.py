@@ -58,6 +58,22 @@ def chance_dice(reference: np.ndarray, label: int) -> float:
     return float((reference == label).mean())
 
 
+def check_held_out_predictions(out: Path, raw: Path, n_test: int) -> list[str]:
+    """Every held-out case of ``raw`` predicted in ``out`` on the reference's grid, with the dataset's labels and Dice
+    above 3x chance per foreground label; returns the case names."""
+    cases = sorted(p.name.replace("_0000.nii.gz", "") for p in (raw / "imagesTs").glob("*.nii.gz"))
+    assert len(cases) == n_test
+    for case in cases:
+        prediction, spacing = read_nifti(out / f"{case}.nii.gz")
+        reference, ref_spacing = read_nifti(raw / "labelsTs" / f"{case}.nii.gz")
+        assert prediction.shape == reference.shape == SHAPE_ZYX
+        assert np.allclose(spacing, ref_spacing)
+        assert set(np.unique(prediction)) <= {0, 1, 2}
+        for label in (1, 2):
+            assert dice(prediction, reference, label) > 3 * chance_dice(reference, label), (case, label)
+    return cases
+
+
 def train_folder(root: Path, trainer: str) -> Path:
     return root / "results" / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
 
@@ -231,16 +247,8 @@ def test_pretrained_weights_are_the_starting_point(pipeline):
 def test_predictions_of_held_out_cases(pipeline, name):
     root, _, raw, _ = pipeline
     out = root / f"pred_{name}"
-    cases = sorted(p.name.replace("_0000.nii.gz", "") for p in (raw / "imagesTs").glob("*.nii.gz"))
-    assert len(cases) == N_TEST
+    cases = check_held_out_predictions(out, raw, N_TEST)
     for case in cases:
-        prediction, spacing = read_nifti(out / f"{case}.nii.gz")
-        reference, ref_spacing = read_nifti(raw / "labelsTs" / f"{case}.nii.gz")
-        assert prediction.shape == reference.shape == SHAPE_ZYX
-        assert np.allclose(spacing, ref_spacing)
-        assert set(np.unique(prediction)) <= {0, 1, 2}
-        for label in (1, 2):
-            assert dice(prediction, reference, label) > 3 * chance_dice(reference, label), (case, label)
         if name != "ens":
             probs = np.load(out / f"{case}.npz")["probabilities"]
             assert probs.shape == (3, *SHAPE_ZYX)
