@@ -12,6 +12,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
+from nnunetv2_uc import provenance
 from nnunetv2_uc.architectures.registry import NetworkEntry
 from nnunetv2_uc.trainers.patch_planning import GIB, PatchDecision
 from nnunetv2_uc.trainers.plans_preparation import prepare_plans, resolved_kwargs
@@ -89,6 +90,10 @@ class PaperNetworkTrainer(nnUNetTrainer):
             f"batch size {decision.batch_size}, estimated training memory {decision.estimate_bytes / GIB:.2f} GiB, "
             f"budget {budget}; network kwargs {self.configuration_manager.configuration[self.registry_entry.legacy_kwargs_key]}"
         )
+
+    def on_train_start(self) -> None:
+        provenance.stamp(self.plans_manager.plans, type(self), self.registry_entry)  # nnU-Net saves it as plans.json
+        super().on_train_start()
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr,
