@@ -11,9 +11,12 @@ import torch
 
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+import nnunetv2_uc
 from nnunetv2_uc.architectures import UC3DUNet, UXNet
+from nnunetv2_uc.provenance import Record, read_record
 from nnunetv2_uc.trainers import (
     TRAINER_NAMES, nnUNetTrainerUC, nnUNetTrainerUC_SGD, nnUNetTrainerUC_checkpointed, nnUNetTrainerUC_tiny,
     nnUNetTrainerUXNet, nnUNetTrainerUXNet_checkpointed, nnUNetTrainerUXNet_tiny,
@@ -98,6 +101,16 @@ def test_adapt_raises_when_nothing_fits():
 
 
 # ---------------------------------------------------------------- trainers on plans
+
+@pytest.mark.parametrize("cls", [nnUNetTrainerUC_tiny, nnUNetTrainerUXNet])
+def test_trainer_records_itself_in_the_plans_it_saves(cls, nnunet_dirs, monkeypatch):
+    """on_train_start hands nnU-Net plans carrying the record (package version, trainer, network) to save."""
+    saved = {}
+    monkeypatch.setattr(nnUNetTrainer, "on_train_start", lambda self: saved.update(self.plans_manager.plans))
+    make_trainer(cls).on_train_start()
+    assert read_record(saved) == Record(nnunetv2_uc.__version__, cls.__name__, cls.__module__,
+                                        cls.registry_entry.name, cls.registry_entry.import_path)
+
 
 @pytest.mark.parametrize("cls", TRAINERS)
 def test_trainer_adapts_and_persists_patch_and_kwargs(cls, nnunet_dirs):
