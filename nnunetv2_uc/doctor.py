@@ -504,7 +504,7 @@ def check_model_record(record: provenance.Record | None) -> Check:
     """The record of the code that trained the model (plans.json), against the installed version."""
     if record is None:
         return Check("model record", SKIP, f"plans.json names no {DIST} version (a model of nnU-Net's own trainers, "
-                                           f"or of a {DIST} version that wrote no record)")
+                                           f"or of an {DIST} version that wrote no record)")
     if note := provenance.version_note(record):
         return Check("model record", WARN, f"trained with {record.describe()}", note)
     return Check("model record", OK, f"trained with {record.describe()}, the installed version")
