@@ -27,11 +27,11 @@ def model(network_class, precision: Precision, input_channels=1, num_classes=3, 
 
 
 # (network, patch, batch, activation checkpointing): activations dominate, so the CPU runtime's own few
-# hundred MB stay small beside them; one size per network in the default run, the rest marked slow (~1.5 min
-# each on 2 cores)
+# hundred MB stay small beside them; one size per network in the default run, the rest in the `calibration`
+# run (~1.5 min each on 2 cores; `pytest -m calibration -s` prints estimate and measurement)
 def measured_case(name: str, patch: tuple, batch: int, checkpointing: bool = False, slow: bool = True):
     case_id = f"{name}-{'x'.join(map(str, patch))}-b{batch}{'-checkpointed' if checkpointing else ''}"
-    return pytest.param(name, patch, batch, checkpointing, id=case_id, marks=[pytest.mark.slow] if slow else [])
+    return pytest.param(name, patch, batch, checkpointing, id=case_id, marks=[pytest.mark.calibration] if slow else [])
 
 
 MEASURED = [

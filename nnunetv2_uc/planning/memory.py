@@ -20,6 +20,7 @@ applied by switching autocast on for that device directly, which works for "cuda
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -253,3 +254,19 @@ def memory_model_for(architecture: dict, input_channels: int, num_classes: int, 
                                        architecture["_kw_requires_import"], input_channels, num_classes,
                                        allow_init=False, deep_supervision=deep_supervision),
         input_channels, precision, optimizer_slots)
+
+
+class MemoryModels:
+    """Memory models of several architectures for one dataset (channels, classes) and precision, each built
+    once: the planner and the trainers' adaptation ask for the same architecture many times."""
+
+    def __init__(self, input_channels: int, num_classes: int, precision: Precision) -> None:
+        self.input_channels, self.num_classes, self.precision = input_channels, num_classes, precision
+        self._models: dict[str, TrainingMemoryModel] = {}
+
+    def __call__(self, architecture: dict, deep_supervision: bool, optimizer_slots: int) -> TrainingMemoryModel:
+        key = json.dumps([architecture, deep_supervision, optimizer_slots], sort_keys=True, default=str)
+        if key not in self._models:
+            self._models[key] = memory_model_for(architecture, self.input_channels, self.num_classes,
+                                                 self.precision, optimizer_slots, deep_supervision)
+        return self._models[key]
