@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.paths import REPO_ROOT
 
 
 def make_dry_run(*variables: str) -> list[str]:
-    if shutil.which("make") is None or not (ROOT / "Makefile").is_file():
+    if shutil.which("make") is None or not (REPO_ROOT / "Makefile").is_file():
         pytest.skip("needs make and the checkout's Makefile")
-    proc = subprocess.run(["make", "-C", str(ROOT), "-n", "install-test", "VENV=/nonexistent/venv", *variables],
+    proc = subprocess.run(["make", "-C", str(REPO_ROOT), "-n", "install-test", "VENV=/nonexistent/venv", *variables],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return [line.split(" -m pip ", 1)[1] for line in proc.stdout.splitlines() if " -m pip install" in line]
