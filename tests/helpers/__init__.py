@@ -4,4 +4,5 @@
 - ``e2e_data``: a tiny nnU-Net raw dataset and the nnU-Net environment variables for it.
 - ``fake_raw_datasets``: small copies of each convertible dataset's release layout, and ``convert`` in-process.
 - ``original_semantics``: the original networks re-stated from the spec (reference for weights and timing).
+- ``planning_measure``: peak memory of real CPU training steps, each in a fresh process (planning tests).
 """
