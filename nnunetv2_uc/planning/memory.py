@@ -39,7 +39,7 @@ BYTES_FP32 = 4
 #: gradient of the op being differentiated and pending skip-connection gradients. Modelled as this many copies
 #: of the largest saved activation. Calibrated on real fp32 CPU training steps (peak RSS, fresh process; both
 #: networks at 48x64x64 b2, 64^3 b2, 64x96x96 b1, and 64^3 b2 checkpointed): the total came within -2%..+5%
-#: (tests/test_planning_memory.py). Not measured on a GPU.
+#: (tests/planning/test_planning_memory.py). Not measured on a GPU.
 BACKWARD_WORKING_SET = 2
 
 

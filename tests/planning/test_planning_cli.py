@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from e2e_data import write_raw_dataset
+from helpers.e2e_data import write_raw_dataset
 from nnunetv2_uc.cli import main
 
 DATASET_ID, NAME = 951, "PlanTiny"

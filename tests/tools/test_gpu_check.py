@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-SUMMARY = ROOT / "scripts" / "gpu_check_summary.py"
+from helpers.paths import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
+SUMMARY = REPO_ROOT / "scripts" / "gpu_check_summary.py"
 BIN = Path(sys.executable).parent
 GIB = 1024 ** 3
 

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from e2e_data import nnunet_env, write_raw_dataset
+from helpers.e2e_data import nnunet_env, write_raw_dataset
+from helpers.paths import FIXTURES
 from test_e2e_stock_cli import read_nifti, run_cli
 
 pytestmark = pytest.mark.slow
 
-LEGACY = Path(__file__).parent / "fixtures" / "legacy_results_0.1.0"
+LEGACY = FIXTURES / "legacy_results_0.1.0"
 LEGACY_TRAINER_FOLDER = "nnUNetTrainerUC_tiny__nnUNetPlans__3d_fullres"
 UC_CLASS = "nnunetv2_uc.architectures.uc3dunet.UC3DUNet"
 

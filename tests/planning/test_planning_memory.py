@@ -12,7 +12,7 @@ from nnunetv2_uc.planning.memory import (
     CPU_FP32, CUDA_FP16_AUTOCAST, GIB, Precision, TrainingMemoryModel, forward_and_loss,
 )
 from nnunetv2_uc.architectures.registry import entry_for_class
-from planning_measure import measure_cpu_training_peak
+from helpers.planning_measure import measure_cpu_training_peak
 
 NETWORKS = {"uc3dunet": UC3DUNet, "uxnet": UXNet}
 
