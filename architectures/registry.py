@@ -50,6 +50,12 @@ class NetworkEntry:
         return {p.name: _plain(p.default) for p in parameters
                 if p.name not in _DATA_ARGUMENTS and p.default is not inspect.Parameter.empty}
 
+    def plans_architecture(self, **kwargs) -> dict:
+        """The ``architecture`` block of a plans configuration that names this network: nnU-Net's
+        ``get_network_from_plans`` builds it from there. ``kwargs`` override the defaults."""
+        return {"network_class_name": self.import_path, "arch_kwargs": {**self.default_kwargs(), **kwargs},
+                "_kw_requires_import": []}
+
     @property
     def supports_checkpointing(self) -> bool:
         return "activation_checkpointing" in inspect.signature(self.network_class.__init__).parameters

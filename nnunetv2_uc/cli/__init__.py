@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, str] = {
                "nnU-Net raw format",
     "synth": "write a small synthetic abdominal-CT dataset in nnU-Net raw format",
     "plans-override": "add a preset configuration (e.g. the papers' 96^3 patch) to a dataset's plans",
+    "plan": "plan patch and batch size for uC 3DU-Net, 3D UX-Net or uC on nnU-Net's U-Net with nnU-Net's "
+            "planners; writes an nnU-Net plans file",
     "env": "print the shell line that lets the stock nnUNetv2_* commands find this plugin's trainers",
     "import-weights": "convert an original 3D UX-Net / uC 3DU-Net checkpoint into nnU-Net pretrained weights",
     "predict": "nnUNetv2_predict with several sliding-window tiles per network call",

@@ -12,6 +12,7 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
+from helpers.paths import FIXTURES
 from nnunetv2_uc import doctor
 from nnunetv2_uc.cli import main
 from nnunetv2_uc.doctor import (
@@ -22,7 +23,7 @@ from nnunetv2_uc.doctor import (
 )
 from nnunetv2_uc.registration import shim_directory
 
-FIXTURE_MODEL = (Path(__file__).resolve().parent / "fixtures" / "legacy_results_0.1.0" / "Dataset901_LegacyUC"
+FIXTURE_MODEL = (FIXTURES / "legacy_results_0.1.0" / "Dataset901_LegacyUC"
                  / "nnUNetTrainerUC_tiny__nnUNetPlans__3d_fullres")
 H200 = CudaFacts("2.14.1+cu130", "13.0", devices=["NVIDIA H200 (sm_90, 139.8 GiB)"], driver_cuda=(13, 0),
                  driver_version="580.65.06", cudnn_version=92400, bf16=True)

@@ -1,0 +1,203 @@
+"""nnU-Net's planners, with patch and batch chosen for one of our networks.
+
+``network_planner_class(base, network)`` subclasses an nnU-Net planner (ExperimentPlanner or a ResEnc preset):
+fingerprint, target spacing, transpose, normalisation, resampling and the 3d_lowres decision stay the base
+planner's; for every 3-D configuration it lets the base planner plan nnU-Net's own U-Net first (that network
+calibrates the memory budget and is printed for comparison), then searches patch and batch for our network
+with nnU-Net's algorithm (``search.py``) against the budget (``budget.py``), with the memory model
+(``memory.py``) under the precision nnU-Net trains with on a GPU (fp16 autocast). The ``architecture`` block
+names our class, so nnU-Net's ``get_network_from_plans`` builds it.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+from typing import Sequence
+
+import nnunetv2
+import torch
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
+    nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL,
+)
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+
+from nnunetv2_uc.errors import UserError
+from nnunetv2_uc.planning.budget import MemoryBudget, NnUNetReference, nnunet_configuration_budget
+from nnunetv2_uc.planning.memory import GIB, CUDA_FP16_AUTOCAST, MemoryModels, Precision, TrainingMemoryModel
+from nnunetv2_uc.planning.networks import SGD_SLOTS, PlannableNetwork
+from nnunetv2_uc.planning.search import NoPatchFits, NoValidPatch, PatchAndBatch, search_patch_and_batch
+
+BASE_PLANNERS: dict[str, type[ExperimentPlanner]] = {
+    cls.__name__: cls for cls in (ExperimentPlanner, nnUNetPlannerResEncM, nnUNetPlannerResEncL, nnUNetPlannerResEncXL)
+}
+#: configuration key with the planning decision (budget, estimate, nnU-Net's own plan); nnU-Net ignores it
+PLANNING_KEY = "uc_planning"
+NNUNET_OPTIMIZER_SLOTS = SGD_SLOTS  # nnU-Net's own network trains with SGD with momentum
+
+
+class TargetTooSmall(UserError):
+    """The GPU memory target cannot hold the network at its smallest patch and the minimum batch size."""
+
+
+def get_base_planner(name: str) -> type[ExperimentPlanner]:
+    if name not in BASE_PLANNERS:
+        raise UserError(f"unknown planner {name!r} (-pl); choose one of {', '.join(BASE_PLANNERS)}")
+    return BASE_PLANNERS[name]
+
+
+def planner_reference(planner_name: str, dataset_name_or_id) -> tuple[NnUNetReference, float]:
+    """(memory reference, default GPU memory target in GB) of the nnU-Net planner named in a plans file's
+    ``experiment_planner_used``, for a dataset. nnU-Net sets both in the planner's ``__init__``, which reads
+    the dataset's raw dataset.json and fingerprint, so the planner is instantiated for the dataset."""
+    base = BASE_PLANNERS.get(planner_name) or recursive_find_python_class(
+        str(Path(nnunetv2.__path__[0]) / "experiment_planning"), planner_name,
+        current_module="nnunetv2.experiment_planning")
+    if base is None:
+        raise UserError(f"unknown planner {planner_name!r} (experiment_planner_used of the plans)")
+    planner = base(dataset_name_or_id)
+    return NnUNetReference.of_planner(planner), float(planner.UNet_vram_target_GB)
+
+
+def base_plans_name(base: type[ExperimentPlanner]) -> str:
+    """The plans name the base planner writes by default (nnUNetPlans, nnUNetResEncUNetLPlans, ...)."""
+    return inspect.signature(base.__init__).parameters["plans_name"].default
+
+
+def default_plans_name(base: type[ExperimentPlanner], network: PlannableNetwork) -> str:
+    return f"{base_plans_name(base)}_{network.plans_suffix}"
+
+
+def _required_target_gb(needed_bytes: int, budget: MemoryBudget) -> float:
+    """The smallest GPU memory target whose budget holds ``needed_bytes`` (the budget is affine in it)."""
+    per_gb = budget.nnunet_bytes_per_element * budget.reference.elements_3d / budget.reference.gb
+    return (needed_bytes - budget.nnunet_fixed_bytes) / per_gb
+
+
+def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwork,
+                          configurations: Sequence[str] = ("3d_fullres",),
+                          precision: Precision = CUDA_FP16_AUTOCAST,
+                          optimizer_slots: int | None = None) -> type[ExperimentPlanner]:
+    """A subclass of ``base`` that plans ``network`` for ``configurations`` (3d_fullres and/or 3d_lowres);
+    pass it to nnU-Net's ``plan_experiment_dataset``.
+
+    The other configurations stay nnU-Net's plans (2d is not planned at all). It does not write the plans
+    file (``save_plans`` only makes them JSON-ready): the caller gets them from ``plan_experiment`` and writes
+    them once everything is validated. ``optimizer_slots`` None: those of the trainer meant for the network.
+    """
+    optimizer_slots = network.optimizer_slots if optimizer_slots is None else optimizer_slots
+
+    class NetworkPlanner(base):
+        def __init__(self, dataset_name_or_id, *args, plans_name: str | None = None, **kwargs):
+            super().__init__(dataset_name_or_id, *args, plans_name=plans_name or default_plans_name(base, network),
+                             **kwargs)
+            self._memory_models: MemoryModels | None = None
+
+        @staticmethod
+        def static_estimate_VRAM_usage(patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
+                                       arch_kwargs_req_import):
+            # nnU-Net's own estimate (feature-map elements, computed from shapes alone), with the network on the
+            # meta device (no weight initialisation: several times faster) and without nnU-Net's
+            # torch.set_num_threads, which crashes with nnUNet_n_proc_DA=0
+            with torch.device("meta"):
+                net = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, input_channels,
+                                             output_channels, allow_init=False)
+            return net.compute_conv_feature_map_size(patch_size)
+
+        def generate_data_identifier(self, configuration_name: str) -> str:
+            """The base planner's data identifier under its default plans name: spacing and preprocessing are
+            the base planner's, so its preprocessed data is ours too (unless spacing or preprocessor are
+            overridden: then the data are these plans' own)."""
+            if self.overwrite_target_spacing is not None or self.preprocessor_name != "DefaultPreprocessor":
+                return f"{self.plans_identifier}_{configuration_name}"
+            own = self.plans_identifier
+            self.plans_identifier = base_plans_name(base)
+            try:
+                return super().generate_data_identifier(configuration_name)
+            finally:
+                self.plans_identifier = own
+
+        def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
+                                        approximate_n_voxels_dataset: float, _cache: dict) -> dict:
+            if len(spacing) != 3:  # 2d: our networks are 3-D and the caller drops it, so nnU-Net need not plan it
+                return {"data_identifier": data_identifier, "not_planned": "3-D networks only"}
+            nnunet = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
+                                                         approximate_n_voxels_dataset, _cache)
+            if not any(data_identifier.endswith(f"_{c}") for c in configurations):
+                return nnunet  # e.g. nnU-Net's search for a 3d_lowres nobody asked for: keep it nnU-Net's (fast)
+            return self._plan_for_network(nnunet, spacing, median_shape, approximate_n_voxels_dataset)
+
+        def save_plans(self, plans: dict) -> None:
+            recursive_fix_for_json_export(plans)
+
+        # ------------------------------------------------------------------------------------------------
+        def _channels_and_classes(self) -> tuple[int, int]:
+            channels = self.dataset_json.get("channel_names", self.dataset_json.get("modality", {}))
+            return len(channels), len(self.dataset_json["labels"])
+
+        def _memory_model(self, architecture: dict, deep_supervision: bool, slots: int) -> TrainingMemoryModel:
+            if self._memory_models is None:
+                self._memory_models = MemoryModels(*self._channels_and_classes(), precision)
+            return self._memory_models(architecture, deep_supervision, slots)
+
+        def _budget(self, nnunet: dict) -> MemoryBudget:
+            theirs = self._memory_model(nnunet["architecture"], True, NNUNET_OPTIMIZER_SLOTS)
+            return nnunet_configuration_budget(nnunet, theirs, NnUNetReference.of_planner(self),
+                                               float(self.UNet_vram_target_GB))
+
+        def _plan_for_network(self, nnunet: dict, spacing: Sequence[float], median_shape: Sequence[float],
+                              approximate_n_voxels_dataset: float) -> dict:
+            budget = self._budget(nnunet)
+
+            def memory(patch: Sequence[int], batch_size: int) -> int:
+                ours = self._memory_model(network.architecture(nnunet, patch), network.deep_supervision,
+                                          optimizer_slots)
+                return ours(patch, batch_size).total
+
+            try:
+                found = search_patch_and_batch(
+                    spacing, median_shape, network.patch_divisors(nnunet),
+                    lambda patch: network.patch_problems(nnunet, patch), memory, budget.bytes,
+                    approximate_n_voxels_dataset, self.max_dataset_covered, self.UNet_min_batch_size)
+            except NoPatchFits as e:
+                raise TargetTooSmall(self._too_small_message(e, budget)) from None
+            except NoValidPatch as e:
+                raise UserError(f"{self.dataset_name}: {network.plans_suffix} cannot be planned on the "
+                                f"configuration nnU-Net planned (patch_size {nnunet['patch_size']}, median image "
+                                f"{[round(m) for m in median_shape]}): {e}") from None
+            theirs = self._memory_model(nnunet["architecture"], True, NNUNET_OPTIMIZER_SLOTS)
+            nnunet_bytes = theirs(nnunet["patch_size"], nnunet["batch_size"]).total
+            plan = dict(nnunet)
+            plan.update(patch_size=list(found.patch), batch_size=found.batch_size,
+                        architecture=network.architecture(nnunet, found.patch))
+            plan[PLANNING_KEY] = self._record(found, budget, nnunet, nnunet_bytes)
+            return plan
+
+        def _record(self, found: PatchAndBatch, budget: MemoryBudget, nnunet: dict, nnunet_bytes: int) -> dict:
+            return {
+                "network": network.name,
+                "base_planner": base.__name__,
+                "gpu_memory_target_gb": budget.gpu_target_gb,
+                "precision": str(precision),
+                "optimizer_slots": optimizer_slots,
+                "budget_bytes": budget.bytes,
+                "estimated_bytes": found.estimated_bytes,
+                "batch_limited_by": found.batch_limited_by,
+                "nnunet": {"network_class_name": nnunet["architecture"]["network_class_name"],
+                           "patch_size": [int(s) for s in nnunet["patch_size"]],
+                           "batch_size": int(nnunet["batch_size"]), "estimated_bytes": nnunet_bytes},
+            }
+
+        def _too_small_message(self, e: NoPatchFits, budget: MemoryBudget) -> str:
+            needed_gb = _required_target_gb(e.needed_bytes, budget)
+            return (f"{self.dataset_name}: {network.plans_suffix} needs an estimated {e.needed_bytes / GIB:.2f} GiB "
+                    f"of GPU memory at its smallest patch {list(e.patch)} and batch size {e.batch_size} "
+                    f"({precision}), but -gpu_memory_target {budget.gpu_target_gb:g} GB gives a budget of "
+                    f"{budget.bytes / GIB:.2f} GiB. Fix: plan with -gpu_memory_target {math.ceil(needed_gb)} "
+                    f"or more")
+
+    NetworkPlanner.__name__ = NetworkPlanner.__qualname__ = f"{base.__name__}_{network.plans_suffix}"
+    return NetworkPlanner
