@@ -29,7 +29,7 @@ from nnunetv2_uc import __version__
 from nnunetv2_uc.registration import ENV_VAR, export_line
 
 DIST = "nnunetv2-uc"
-PACKAGE_PREFIX = "nnunetv2_uc."
+PLUGIN_MODULE_PREFIX = "nnunetv2_uc."  # the import paths of this package's classes
 RECORD_KEY = "nnunetv2_uc"  # the top-level plans.json entry
 SHIM_MODULE = "nnunetv2_uc.ext_trainers.nnunetv2_uc_trainers_shim"
 TRAINER_NOT_FOUND = "Could not find requested nnunet trainer"  # nnU-Net's lookup error (find_objects.py)
@@ -73,18 +73,25 @@ class Record:
         return f"{DIST} {self.version or '(version not recorded)'}{details}"
 
 
-def record_for(trainer_class: type | None, network) -> Record:
-    """The record of a training run of ``trainer_class`` (None: one of nnU-Net's trainers) on ``network``, a
-    registry ``NetworkEntry``, with the version of the code running now."""
+def registry_name(network_import_path: str) -> str | None:
+    """The registry's name of the network class at ``network_import_path`` (None for a class it does not list)."""
+    from nnunetv2_uc.architectures.registry import NETWORKS  # not at the top: see the module docstring
+
+    return next((e.name for e in NETWORKS.values() if e.import_path == network_import_path), None)
+
+
+def record_for(trainer_class: type | None, network_import_path: str) -> Record:
+    """The record of a training run of ``trainer_class`` (None: one of nnU-Net's trainers) on the network class at
+    ``network_import_path`` (what the plans' architecture block names), by the version of the code running now."""
     return Record(__version__,
                   trainer_class.__name__ if trainer_class else None,
                   trainer_class.__module__ if trainer_class else None,
-                  network.name, network.import_path)
+                  registry_name(network_import_path), network_import_path)
 
 
-def stamp(plans: dict, trainer_class: type | None, network) -> None:
+def stamp(plans: dict, trainer_class: type | None, network_import_path: str) -> None:
     """Put the record into ``plans`` (in place), replacing an older one: nnU-Net saves this dict as plans.json."""
-    plans[RECORD_KEY] = record_for(trainer_class, network).to_json()
+    plans[RECORD_KEY] = record_for(trainer_class, network_import_path).to_json()
 
 
 def read_record(plans: dict) -> Record | None:
@@ -102,7 +109,7 @@ def load_record(model_folder: str | os.PathLike) -> Record | None:
 
 
 def is_ours(import_path: str | None) -> bool:
-    return bool(import_path) and import_path.startswith(PACKAGE_PREFIX)
+    return bool(import_path) and import_path.startswith(PLUGIN_MODULE_PREFIX)
 
 
 def installed_trainer_names() -> set[str]:

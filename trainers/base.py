@@ -112,7 +112,8 @@ class PaperNetworkTrainer(nnUNetTrainer):
             f"arch_kwargs {architecture['arch_kwargs']}")
 
     def on_train_start(self) -> None:
-        provenance.stamp(self.plans_manager.plans, type(self), self.registry_entry)  # nnU-Net saves it as plans.json
+        # the record of the code that trains (nnunetv2_uc/provenance.py); nnU-Net saves these plans as plans.json
+        provenance.stamp(self.plans_manager.plans, type(self), self.prepared_plans.architecture["network_class_name"])
         super().on_train_start()
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:

@@ -31,6 +31,7 @@ from nnunetv2_uc.planning.adapt import Adaptation, AdaptationError, adapt_config
 from nnunetv2_uc.planning.memory import GIB
 from nnunetv2_uc.planning.networks import paper_network
 from nnunetv2_uc.planning.planners import planner_reference
+from nnunetv2_uc.provenance import PLUGIN_MODULE_PREFIX
 from nnunetv2_uc.uc_plans import has_uc_connections
 
 #: configuration keys this plugin reads (all optional)
@@ -38,7 +39,6 @@ FIXED_PATCH_KEY = "uc_fixed_patch"            # true: take patch_size/batch_size
 BUDGET_KEY = "uc_memory_budget_gib"          # explicit budget in GiB of the memory model (overrides the target)
 GPU_TARGET_KEY = "uc_gpu_memory_target_gb"   # nnU-Net's -gpu_memory_target (default: the planner's)
 NUM_FOLDS = 5
-PLUGIN_MODULE_PREFIX = "nnunetv2_uc."
 
 
 class PlansError(ValueError):

@@ -97,6 +97,7 @@ def test_trainer_records_itself_in_the_plans_it_saves(cls, nnunet_dirs, monkeypa
     make_trainer(cls).on_train_start()
     assert read_record(saved) == Record(nnunetv2_uc.__version__, cls.__name__, cls.__module__,
                                         cls.registry_entry.name, cls.registry_entry.import_path)
+    assert saved["configurations"]["3d_fullres"]["architecture"]["network_class_name"] == cls.registry_entry.import_path
 
 
 @pytest.mark.parametrize("cls", TRAINERS)

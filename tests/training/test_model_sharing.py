@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e2e_data import nnunet_env, write_raw_dataset
+from helpers.e2e_data import nnunet_env, write_raw_dataset
 from test_e2e_stock_cli import read_nifti, run_cli
 
 pytestmark = pytest.mark.slow
@@ -30,12 +30,14 @@ PREDICTIONS = ("source", "installed_stock", "installed_uc")
 
 
 def narrow_the_network(plans_file: Path) -> None:
-    """Keep the trained model small: the uC kwargs in the preprocessed plans, which the trainer builds from."""
+    """Keep the trained model small: plans naming uC 3DU-Net at narrow widths (as `nnunetv2_uc plan --network
+    uc3dunet` writes them, with a patch of multiples of 16), which the trainer trains as planned."""
     from nnunetv2_uc.architectures.registry import network_entry
-    from nnunetv2_uc.trainers.base import merge_network_kwargs
 
     plans = json.loads(plans_file.read_text())
-    merge_network_kwargs(plans, "3d_fullres", network_entry("uc3dunet"), NARROW)
+    configuration = plans["configurations"]["3d_fullres"]
+    configuration["architecture"] = network_entry("uc3dunet").plans_architecture(**NARROW)
+    configuration["patch_size"] = [16, 32, 32]
     plans_file.write_text(json.dumps(plans, indent=2))
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import nnunetv2_uc
+from helpers.paths import FIXTURES
 from nnunetv2_uc import provenance
 from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.doctor import FAIL, OK, SKIP, WARN, check_model_folder
@@ -19,7 +20,7 @@ from nnunetv2_uc.provenance import RECORD_KEY, Record
 from nnunetv2_uc.registration import shim_directory
 from nnunetv2_uc.trainers import TRAINER_NAMES, nnUNetTrainerUC_tiny, nnUNetTrainerUXNet
 
-LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_results_0.1.0"
+LEGACY = FIXTURES / "legacy_results_0.1.0"
 LEGACY_MODEL = LEGACY / "Dataset901_LegacyUC" / "nnUNetTrainerUC_tiny__nnUNetPlans__3d_fullres"
 FUTURE = "9.9.0"  # a version of this package that does not exist here
 UC_UNET_V9 = "nnunetv2_uc.architectures.uc_unet.UCPlainConvUNetV9"  # a network class the installed code lacks
@@ -56,7 +57,7 @@ def future_record(trainer: str = "nnUNetTrainerUC_bf16", module: str = "nnunetv2
 
 def test_record_names_package_version_trainer_and_network():
     plans = {"configurations": {}}
-    provenance.stamp(plans, nnUNetTrainerUC_tiny, network_entry("uc3dunet"))
+    provenance.stamp(plans, nnUNetTrainerUC_tiny, network_entry("uc3dunet").import_path)
     assert json.loads(json.dumps(plans))[RECORD_KEY] == {
         "distribution": "nnunetv2-uc", "version": nnunetv2_uc.__version__,
         "trainer": {"class": "nnUNetTrainerUC_tiny", "module": "nnunetv2_uc.trainers.uc_trainers"},
@@ -64,7 +65,7 @@ def test_record_names_package_version_trainer_and_network():
     assert provenance.read_record(plans) == Record(nnunetv2_uc.__version__, "nnUNetTrainerUC_tiny",
                                                    "nnunetv2_uc.trainers.uc_trainers", "uc3dunet",
                                                    "nnunetv2_uc.architectures.uc3dunet.UC3DUNet")
-    provenance.stamp(plans, nnUNetTrainerUXNet, network_entry("uxnet"))  # a later training replaces it
+    provenance.stamp(plans, nnUNetTrainerUXNet, network_entry("uxnet").import_path)  # a later training replaces it
     assert provenance.read_record(plans).network_import_path == "nnunetv2_uc.architectures.uxnet.UXNet"
 
 
@@ -186,7 +187,7 @@ def test_doctor_on_a_stock_trainer_model_with_our_network_class_missing(tmp_path
 
 def test_doctor_with_a_current_record_is_ok(tmp_path):
     folder = model_copy(tmp_path, "nnUNetTrainerUC_tiny")
-    edit_plans(folder, lambda p: provenance.stamp(p, nnUNetTrainerUC_tiny, network_entry("uc3dunet")))
+    edit_plans(folder, lambda p: provenance.stamp(p, nnUNetTrainerUC_tiny, network_entry("uc3dunet").import_path))
     checks = check_model_folder(folder)
     assert [c.status for c in checks] == [OK] * len(checks)
     assert checks[1].detail.startswith(f"trained with nnunetv2-uc {nnunetv2_uc.__version__} (trainer "
