@@ -122,7 +122,8 @@ def test_plans_name_architecture_and_shared_data(plan):
     assert ux["architecture"]["network_class_name"] == "nnunetv2_uc.architectures.uxnet.UXNet"
     assert ux["architecture"]["arch_kwargs"] == {
         "feature_sizes": [48, 96, 192, 384], "depths": [2, 2, 2, 2], "hidden_size": 768, "kernel_size": 7,
-        "drop_path_rate": 0.0, "layer_scale_init_value": 1e-6}
+        "drop_path_rate": 0.0, "layer_scale_init_value": 1e-6,
+        "activation_checkpointing": False}
     # everything but patch, batch and network is nnU-Net's plan
     assert ux["spacing"] == [1.0, 1.0, 1.0] and ux["normalization_schemes"] == ["ZScoreNormalization"] * 4
     assert ux["result"].to_preprocess == ["3d_fullres"]  # no preprocessed data yet
