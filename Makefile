@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (the main job) and `make test` (the test suite). Both create .venv.
+# Entry points: `make demo` (the main job), `make test` (the test suite, against what ships) and `make dev` (an
+# editable install for working on the code). All create .venv; each puts its own kind of install of the project there.
 PYTHON ?= python3
 VENV ?= .venv
 DEMO_DIR ?= ./demo
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 TORCH_PAIR := -c requirements-pins.txt -r requirements-pins.txt $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 
-.PHONY: venv install install-test demo test clean
+.PHONY: venv install install-test dev demo test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,12 @@ install-test: venv
 	$(PIP) install $(TORCH_PAIR)
 	$(PIP) install -c requirements-pins.txt --force-reinstall --no-deps .
 	$(PIP) install -c requirements-pins.txt ".[test]"
+
+# Editable install with the test extras: edits to the checkout are seen without reinstalling (`make test` and
+# `make install` replace it with a non-editable one again).
+dev: venv
+	$(PIP) install $(TORCH_PAIR)
+	$(PIP) install -c requirements-pins.txt -e ".[test]"
 
 demo: install
 	$(BIN)/nnunetv2_uc demo --workdir $(DEMO_DIR)

@@ -7,7 +7,9 @@ median of --repeats predictions after a warm-up network call.
 With --patches-per-batch N > 1 the predictor is nnunetv2_uc's batched one (N tiles per network call, otherwise
 nnU-Net's computation). Each network and mode runs in a fresh process, so peak memory is its own. Ratios are to
 PlainConvUNet and ResEnc M (nnU-Net's default and its recommended residual preset) at the same patch, from the
-same run.
+same run. Each training row also carries the plugin's memory model for the same step (``estimated_peak_bytes``:
+fake tensors, the run's device and autocast dtype, SGD with momentum), so a GPU run calibrates the model against
+the measured peak (``torch.cuda.max_memory_allocated``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_uc.architectures.building_blocks import switches
 from nnunetv2_uc.architectures.registry import network_entry
+from nnunetv2_uc.planning.memory import Precision, TrainingMemoryModel
+from nnunetv2_uc.planning.networks import SGD_SLOTS
 from nnunetv2_uc.predict import BatchedSlidingWindowPredictor
 from nnunetv2_uc.timing import (
     StepSetup, depthwise_share, measure_step, median_seconds, peak_memory_bytes, peak_memory_start, prepare,
@@ -83,6 +87,19 @@ def measure_inference(setup: StepSetup, volume: Sequence[int], mirroring: bool, 
     return {"inference_s": seconds, "inference_peak_memory_bytes": peak, "memory_kind": kind}
 
 
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def estimated_step_bytes(setup: StepSetup) -> int:
+    """The memory model's bytes for the step ``measure_step`` times (network built as bench builds it)."""
+    entry = network_entry(setup.name)
+    precision = Precision(setup.device.split(":")[0], AUTOCAST_DTYPES.get(setup.amp))
+    model = TrainingMemoryModel(lambda: entry.build_for_patch(setup.input_channels, setup.num_classes, setup.patch,
+                                                              setup.checkpointing),
+                                setup.input_channels, precision, SGD_SLOTS)
+    return model(setup.patch, setup.batch).total
+
+
 def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str, amp: str, compile_: bool,
           channels_last: bool, volume: Sequence[int] | None, mirroring: bool, repeats: int, classes: int,
           progress: Callable[[str], None] = print, patches_per_batch: int = 1, checkpointing: bool = False,
@@ -98,6 +115,7 @@ def bench(networks: Sequence[str], patch: Sequence[int], batch: int, device: str
             progress(f"[bench] {name}: training step at {list(patch)} x batch {batch} on {device} (amp {amp}, "
                      f"compile {compile_}, channels_last {channels_last}, checkpointing {setup.checkpointing})")
             row.update(run_in_fresh_process(measure_step, setup, repeats))
+            row["estimated_peak_bytes"] = estimated_step_bytes(setup)
             row["steps_per_s"] = 1 / row["train_step_s"]
             row["train_voxels_per_s"] = voxels_per_step / row["train_step_s"]
         if profile_depthwise:
@@ -138,7 +156,7 @@ def format_rows(rows: list[dict]) -> str:
     has_profile = "depthwise_share" in rows[0]
     header = ["network"]
     if has_step:
-        header += ["step s", "steps/s", "Mvox/s", "peak MiB", "x plain", "x ResEnc M"]
+        header += ["step s", "steps/s", "Mvox/s", "peak MiB", "model MiB", "x plain", "x ResEnc M"]
     if has_profile:
         header += ["depthwise share"]
     if has_inference:
@@ -148,7 +166,8 @@ def format_rows(rows: list[dict]) -> str:
         cells = [r["name"]]
         if has_step:
             cells += [f"{r['train_step_s']:.3f}", f"{r['steps_per_s']:.2f}", f"{r['train_voxels_per_s'] / 1e6:.3f}",
-                      f"{r['peak_memory_bytes'] / 2**20:.0f}", _ratio(r, "step_x_plainunet"),
+                      f"{r['peak_memory_bytes'] / 2**20:.0f}", f"{r['estimated_peak_bytes'] / 2**20:.0f}",
+                      _ratio(r, "step_x_plainunet"),
                       _ratio(r, "step_x_resenc_m")]
         if has_profile:
             cells += [f"{100 * r['depthwise_share']:.1f}%"]

@@ -32,10 +32,11 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from nnunetv2_uc import provenance
+from nnunetv2_uc.provenance import DIST
 from nnunetv2_uc.registration import ENV_VAR as EXT_TRAINER_VAR
 from nnunetv2_uc.registration import export_line, ext_trainer_value, shim_directory
 
-DIST = "nnunetv2-uc"
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 NNUNET_PATHS = {
     "nnUNet_raw": "raw datasets, read by nnUNetv2_plan_and_preprocess",
@@ -499,33 +500,21 @@ def check_disk(environ: Mapping[str, str], free_bytes: Callable[[str], int] = la
 
 # ------------------------------------------------------------------------------------------ a model folder
 
-def plugin_trainer_names() -> set[str]:
-    """The trainer names this plugin defines: the regular ones and the demo trainers."""
-    from nnunetv2_uc.trainers import TRAINER_NAMES, demo_trainers
-
-    demo = {name for name, obj in vars(demo_trainers).items()
-            if isinstance(obj, type) and obj.__module__ == demo_trainers.__name__}
-    return set(TRAINER_NAMES) | demo
-
-
-def install_hint(trainer_name: str) -> str:
-    """Which package (and version) provides ``trainer_name``."""
-    installed = installed_version(DIST) or "not installed"
-    if trainer_name in plugin_trainer_names():
-        return (f"{trainer_name} is a trainer of {DIST} (installed: {installed}); run nnunetv2_uc doctor without -m: "
-                "its trainer lookup line says why the lookup fails here")
-    if trainer_name.startswith(("nnUNetTrainerUC", "nnUNetTrainerUXNet")):
-        return (f"{trainer_name} looks like a trainer of a newer {DIST} than the installed {installed}: "
-                f"pip install --upgrade {DIST} (the model does not record the version that trained it)")
-    return (f"{trainer_name} is neither nnU-Net's ({installed_version('nnunetv2')}) nor {DIST}'s: install the "
-            "package that defines it and add its trainer folder to nnUNet_extTrainer")
+def check_model_record(record: provenance.Record | None) -> Check:
+    """The record of the code that trained the model (plans.json), against the installed version."""
+    if record is None:
+        return Check("model record", SKIP, f"plans.json names no {DIST} version (a model of nnU-Net's own trainers, "
+                                           f"or of an {DIST} version that wrote no record)")
+    if note := provenance.version_note(record):
+        return Check("model record", WARN, f"trained with {record.describe()}", note)
+    return Check("model record", OK, f"trained with {record.describe()}, the installed version")
 
 
-def _network_hint(message: str, trainer_name: str) -> str:
-    if "nnunetv2_uc" in message:
-        return (f"this model needs a network of another {DIST} version than the installed "
-                f"{installed_version(DIST)}: pip install --upgrade {DIST}")
-    return install_hint(trainer_name)
+def _network_fix(folder: Path, configuration: str, record: provenance.Record | None, error: str) -> str:
+    network_path = provenance.needed_network(folder, configuration, record)
+    return (provenance.missing_network_message(network_path, configuration, record, error)
+            or f"{network_path} is not a class of {DIST}: the package that provides it may be another version "
+               "than the one that trained the model")
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -569,7 +558,9 @@ def check_model_folder(folder: str | os.PathLike, find_trainer: Callable[[str], 
         lacking = missing + ([] if checkpoints else ["fold_*/checkpoint_*.pth"])
         return [Check("model files", FAIL, f"{folder} lacks {', '.join(lacking)}",
                       "give the folder nnUNetv2_train wrote: $nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIG")]
-    results = [Check("model files", OK, f"{folder}: plans.json, dataset.json, {len(checkpoints)} checkpoint(s)")]
+    record = provenance.load_record(folder)
+    results = [Check("model files", OK, f"{folder}: plans.json, dataset.json, {len(checkpoints)} checkpoint(s)"),
+               check_model_record(record)]
     try:
         first = load_checkpoint(checkpoints[0])
         trainer_name, configuration = first["trainer_name"], first["init_args"]["configuration"]
@@ -581,7 +572,8 @@ def check_model_folder(folder: str | os.PathLike, find_trainer: Callable[[str], 
         trainer_class = (find_trainer or find_trainer_class)(trainer_name)
     except Exception as error:
         return results + [Check("model trainer", FAIL, f"{trainer_name} does not resolve: {type(error).__name__}: "
-                                                       f"{str(error)[:300]}", install_hint(trainer_name))]
+                                                       f"{str(error)[:300]}",
+                                provenance.missing_trainer_message(trainer_name, record))]
     results.append(Check("model trainer", OK, f"{trainer_name} ({trainer_class.__module__})"))
     try:
         network = build_network_from_folder(trainer_class, folder, configuration)
@@ -589,7 +581,7 @@ def check_model_folder(folder: str | os.PathLike, find_trainer: Callable[[str], 
         message = f"{type(error).__name__}: {error}"
         return results + [Check("model network", FAIL, f"{trainer_name} cannot build the network of plans.json "
                                                        f"configuration {configuration}: {message[:400]}",
-                                _network_hint(message, trainer_name))]
+                                _network_fix(folder, configuration, record, message[:400]))]
     n_params = sum(p.numel() for p in network.parameters())
     results.append(Check("model network", OK, f"{type(network).__name__} ({n_params:,} parameters) from plans.json "
                                               f"configuration {configuration}"))
@@ -601,7 +593,7 @@ def check_model_folder(folder: str | os.PathLike, find_trainer: Callable[[str], 
         except Exception as error:
             results.append(Check(name, FAIL, f"does not load into the rebuilt network: {_state_dict_mismatch(error)}",
                                  f"the checkpoint comes from another network or {DIST} version: "
-                                 + _network_hint(str(error), trainer_name)))
+                                 + _network_fix(folder, configuration, record, _state_dict_mismatch(error))))
         else:
             results.append(Check(name, OK, f"{len(weights)} tensors, strict load"))
     return results

@@ -22,6 +22,7 @@ from nnunetv2.utilities.helpers import empty_cache
 from tqdm import tqdm
 
 from nnunetv2_uc.errors import UserError
+from nnunetv2_uc.provenance import explain_load_failure, load_record, version_note
 from nnunetv2_uc.registration import register_trainers
 
 DEFAULT_PATCHES_PER_BATCH = {"cuda": 4, "cpu": 1, "mps": 1}
@@ -114,7 +115,15 @@ def predict_from_model_folder(input_folder: str, output_folder: str, dataset: st
         perform_everything_on_device=device == "cuda" and on_device, device=torch.device(device), verbose=verbose,
         allow_tqdm=progress_bar, patches_per_batch=patches,
     )
-    predictor.initialize_from_trained_model_folder(model_folder, parse_folds(folds), checkpoint_name=checkpoint)
+    try:
+        predictor.initialize_from_trained_model_folder(model_folder, parse_folds(folds), checkpoint_name=checkpoint)
+    except Exception as error:
+        explanation = explain_load_failure(model_folder, trainer, configuration, error)
+        if explanation is None:
+            raise
+        raise UserError(explanation) from error
+    if note := version_note(load_record(model_folder)):
+        print(f"[nnunetv2_uc predict] warning: {note}", file=sys.stderr, flush=True)
     print(f"[nnunetv2_uc predict] {model_folder}: folds {list(folds)}, {patches} tile(s) per network call, "
           f"mirroring {'on' if mirroring else 'off'}", file=sys.stderr, flush=True)
     predictor.predict_from_files(input_folder, output_folder, save_probabilities=save_probabilities,

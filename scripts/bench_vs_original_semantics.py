@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training-step time of our UX-Net / uC vs the straightforward original-semantics re-statement (tests/).
+"""Training-step time of our UX-Net / uC vs the straightforward original-semantics re-statement (tests/helpers/).
 
 Both networks get the same weights (ours loaded from the reference's state dict through nnunetv2_uc.interop) and
 the same input; steps alternate between the two so machine load hits both alike. CPU process time is reported
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from original_semantics import OriginalUC3DUNet, OriginalUXNet  # noqa: E402
+from helpers.original_semantics import OriginalUC3DUNet, OriginalUXNet  # noqa: E402
 
 from nnunetv2_uc.interop import load_original  # noqa: E402
 

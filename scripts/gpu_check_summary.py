@@ -130,11 +130,15 @@ def summarise(out: Path) -> tuple[str, dict]:
                                       "target_x_plain": target, "peak_memory_bytes": peak, "depthwise_share": share}
 
     md += ["", f"### Peak memory of a training step, batch 2 x {meta.get('memory_patch')}, AMP {meta.get('amp')}", "",
-           "| network | peak GiB | kind |", "|---|---|---|"]
+           "(the memory model of `nnunetv2_uc plan` for the same step next to it: its calibration on this GPU)", "",
+           "| network | peak GiB | kind | memory model GiB | measured / model |", "|---|---|---|---|---|"]
     for net in networks:
         peak = get(memory.get(net), "peak_memory_bytes")
-        md.append(f"| {net} | {fmt(peak and peak / GIB, '.2f')} | {(memory.get(net) or {}).get('memory_kind', '-')} |")
-        data["memory_128"][net] = peak
+        model = get(memory.get(net), "estimated_peak_bytes")
+        md.append(f"| {net} | {fmt(peak and peak / GIB, '.2f')} | {(memory.get(net) or {}).get('memory_kind', '-')} | "
+                  f"{fmt(model and model / GIB, '.2f')} | {fmt(ratio(peak, model), '.2f')} |")
+        data["memory_128"][net] = {"peak_memory_bytes": peak, "estimated_peak_bytes": model,
+                                   "measured_over_model": ratio(peak, model)}
 
     md += ["", f"### Layout and fast paths (training step s, {meta.get('patch')} x batch 2)", "",
            "| network | default layout s | other layout s | fast paths on this device s | faster layout |",

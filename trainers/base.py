@@ -1,40 +1,40 @@
-"""Shared behaviour of the plugin trainers: plans preparation, no deep supervision, AdamW + poly LR."""
+"""Shared behaviour of the plugin trainers: plans preparation (the trained network named in the plans), AdamW +
+poly LR, deep supervision only where the network has it."""
 from __future__ import annotations
 
 import os
 from typing import Any
 
 import torch
+from torch import distributed as dist
 from torch import nn
 
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
+from nnunetv2_uc import provenance
 from nnunetv2_uc.architectures.registry import NetworkEntry
-from nnunetv2_uc.trainers.patch_planning import GIB, PatchDecision
-from nnunetv2_uc.trainers.plans_preparation import prepare_plans, resolved_kwargs
+from nnunetv2_uc.planning.memory import GIB
+from nnunetv2_uc.trainers.plans_preparation import PreparedPlans, prepare_plans, trained_architecture
+from nnunetv2_uc.uc_plans import has_uc_connections
 
 
 def build_from_plans(network: NetworkEntry, configuration_manager: ConfigurationManager, num_input_channels: int,
-                     num_output_channels: int) -> nn.Module:
-    """Build the network from the kwargs the trainer persisted in the plans configuration.
+                     num_output_channels: int, enable_deep_supervision: bool = False) -> nn.Module:
+    """Build the network the configuration's ``architecture`` block names, with nnU-Net's
+    ``get_network_from_plans`` (0.1.x results folders: ``network`` with the kwargs they stored).
 
     Used by training and (through the static ``build_network_architecture``) by nnUNetv2_predict, so both
-    build the identical network. PyTorch default init is kept (the networks have no ``initialize``).
+    build the identical network. Deep supervision only where the network has it (uC on nnU-Net's U-Net).
     """
-    kwargs = resolved_kwargs(network, configuration_manager.configuration)
-    return network.network_class(num_input_channels, num_output_channels, deep_supervision=False, **kwargs)
-
-
-def merge_network_kwargs(plans: dict, configuration: str, network: NetworkEntry, kwargs: dict) -> None:
-    """Overlay ``kwargs`` on the network kwargs stored in a plans configuration (no-op if it is missing: the
-    trainer then reports the missing configuration with the fix)."""
-    config = plans.get("configurations", {}).get(configuration)
-    if config is not None:
-        key = network.legacy_kwargs_key
-        config[key] = {**config.get(key, {}), **kwargs}
+    architecture = trained_architecture(network, configuration_manager.configuration)
+    deep_supervision = enable_deep_supervision and has_uc_connections(architecture)
+    return get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                                  architecture["_kw_requires_import"], num_input_channels, num_output_channels,
+                                  allow_init=True, deep_supervision=deep_supervision)
 
 
 def _preprocessed_base(plans: dict) -> str | None:
@@ -43,8 +43,16 @@ def _preprocessed_base(plans: dict) -> str | None:
     return os.path.join(nnUNet_preprocessed.get(), plans["dataset_name"])
 
 
+def _ddp_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 class PaperNetworkTrainer(nnUNetTrainer):
-    """nnU-Net's full pipeline with a paper network: DS off, patch adapted to the network, AdamW + poly LR.
+    """nnU-Net's full pipeline with a paper network (or the plugin network the plans name), AdamW + poly LR.
+
+    On nnU-Net's default plans the trainer's network replaces nnU-Net's U-Net, with patch and batch adapted
+    by the planner's code; plans from ``nnunetv2_uc plan`` are trained as planned. Deep supervision is on only
+    for networks that have it (uC on nnU-Net's U-Net); the paper networks have none.
 
     Optimizer recipe (see README): AdamW lr 5e-4, eps 1e-4, weight decay 3e-5, poly LR (exponent 0.9) over
     nnU-Net's 1000 x 250 schedule, as in DKFZ's nnU-Net wrapper of 3D UX-Net (MIC-DKFZ/MedNeXt,
@@ -58,20 +66,26 @@ class PaperNetworkTrainer(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         self.adjust_plans(plans, configuration, device)
         # runs before super().__init__ creates the results folder: a bad request leaves nothing behind
-        decision = prepare_plans(plans, configuration, fold, dataset_json, self.registry_entry, self.optimizer_slots,
-                                 self.__class__.__name__, _preprocessed_base(plans))
+        prepared = prepare_plans(plans, configuration, fold, dataset_json, self.registry_entry, self.optimizer_slots,
+                                 self.__class__.__name__, _preprocessed_base(plans), _ddp_world_size(),
+                                 self.network_overrides(device))
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.enable_deep_supervision = False
+        self.enable_deep_supervision = prepared.deep_supervision
         self.initial_lr = 5e-4
         self.weight_decay = 3e-5
         self.adam_eps = 1e-4
-        self.patch_decision = decision
-        self._log_patch_decision(decision)
+        self.prepared_plans = prepared
+        self._log_preparation(prepared)
         self.configure_recipe()
 
     @classmethod
     def adjust_plans(cls, plans: dict, configuration: str, device: torch.device) -> None:
         """Hook for variants: edit the plans before they are validated and read (default: nothing)."""
+
+    @classmethod
+    def network_overrides(cls, device: torch.device) -> dict:
+        """Hook for variants: constructor kwargs of the trainer's network to set (default: none)."""
+        return {}
 
     def configure_recipe(self) -> None:
         """Hook for variants: set optimizer/schedule attributes after nnU-Net's __init__ (default: nothing).
@@ -80,15 +94,27 @@ class PaperNetworkTrainer(nnUNetTrainer):
         ``__init__`` of their own and keep nnU-Net's exact constructor signature.
         """
 
-    def _log_patch_decision(self, decision: PatchDecision) -> None:
-        for reason in decision.reasons:
-            self.print_to_log_file(f"[nnunetv2_uc] {reason}")
-        budget = "none (fixed patch)" if decision.budget_bytes is None else f"{decision.budget_bytes / GIB:.2f} GiB"
+    def _log_preparation(self, prepared: PreparedPlans) -> None:
+        for note in prepared.notes:
+            self.print_to_log_file(f"[nnunetv2_uc] {note}")
+        adaptation = prepared.adaptation
+        if adaptation is not None:
+            for reason in adaptation.reasons:
+                self.print_to_log_file(f"[nnunetv2_uc] {reason}")
+            self.print_to_log_file(
+                f"[nnunetv2_uc] planned patch {list(adaptation.planned_patch)} x batch {adaptation.planned_batch_size}; "
+                f"estimated training memory {adaptation.estimated_bytes / GIB:.2f} GiB per GPU (fp16 autocast) of a "
+                f"{adaptation.budget_bytes / GIB:.2f} GiB budget: {adaptation.budget_source}")
+        architecture = prepared.architecture
         self.print_to_log_file(
-            f"[nnunetv2_uc] {self.registry_entry.network_class.__name__}: patch {list(decision.patch)} (planned {list(decision.planned)}), "
-            f"batch size {decision.batch_size}, estimated training memory {decision.estimate_bytes / GIB:.2f} GiB, "
-            f"budget {budget}; network kwargs {self.configuration_manager.configuration[self.registry_entry.legacy_kwargs_key]}"
-        )
+            f"[nnunetv2_uc] training {architecture['network_class_name']}: patch {list(prepared.patch_size)}, batch "
+            f"size {prepared.batch_size}, deep supervision {'on' if prepared.deep_supervision else 'off'}; "
+            f"arch_kwargs {architecture['arch_kwargs']}")
+
+    def on_train_start(self) -> None:
+        # the record of the code that trains (nnunetv2_uc/provenance.py); nnU-Net saves these plans as plans.json
+        provenance.stamp(self.plans_manager.plans, type(self), self.prepared_plans.architecture["network_class_name"])
+        super().on_train_start()
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr,
@@ -96,7 +122,9 @@ class PaperNetworkTrainer(nnUNetTrainer):
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
-        """The paper networks have no deep-supervision heads; DS stays off (enable_deep_supervision=False)."""
+        """nnU-Net's switch where the network has deep supervision; the paper networks have none (stays off)."""
+        if self.prepared_plans.deep_supervision:
+            super().set_deep_supervision_enabled(enabled)
 
 
 class SGDRecipeMixin:
@@ -121,9 +149,8 @@ class ActivationCheckpointingMixin:
     """
 
     @classmethod
-    def adjust_plans(cls, plans: dict, configuration: str, device: torch.device) -> None:
-        super().adjust_plans(plans, configuration, device)
-        merge_network_kwargs(plans, configuration, cls.registry_entry, {"activation_checkpointing": True})
+    def network_overrides(cls, device: torch.device) -> dict:
+        return {**super().network_overrides(device), "activation_checkpointing": True}
 
 
 class TinyScheduleMixin:

@@ -35,7 +35,6 @@ from nnunetv2.inference.sliding_window_prediction import compute_steps_for_slidi
 
 from nnunetv2_uc import demo_schedule
 from nnunetv2_uc.demo_schedule import Decision, Measurement, Schedule
-from nnunetv2_uc.trainers.base import merge_network_kwargs
 from nnunetv2_uc.trainers.plans_preparation import FIXED_PATCH_KEY
 from nnunetv2_uc.trainers.uc_trainers import nnUNetTrainerUC
 from nnunetv2_uc.trainers.uxnet_trainers import nnUNetTrainerUXNet
@@ -87,8 +86,8 @@ class DemoScheduleMixin:
 
     @classmethod
     def adjust_plans(cls, plans: dict, configuration: str, device: torch.device) -> None:
-        """Write the demo patch, batch and (on CPU) network width into the plans before the trainer reads them;
-        the trainer saves them to plans.json, so nnUNetv2_predict builds the same network."""
+        """Write the demo patch and batch into the plans before the trainer reads them; the trainer saves them
+        to plans.json, so nnUNetv2_predict builds the same network."""
         super().adjust_plans(plans, configuration, device)
         config = plans.get("configurations", {}).get(configuration)
         if config is None:
@@ -96,8 +95,12 @@ class DemoScheduleMixin:
         config["patch_size"] = list(cls.demo_patch_size)
         config["batch_size"] = cls.demo_batch_size
         config[FIXED_PATCH_KEY] = True
-        if device.type == "cpu" and cls.demo_cpu_network_kwargs:
-            merge_network_kwargs(plans, configuration, cls.registry_entry, cls.demo_cpu_network_kwargs)
+
+    @classmethod
+    def network_overrides(cls, device: torch.device) -> dict:
+        """On CPU the demo trains a narrower network (``demo_cpu_network_kwargs``)."""
+        overrides = super().network_overrides(device)
+        return {**overrides, **cls.demo_cpu_network_kwargs} if device.type == "cpu" else overrides
 
     def configure_recipe(self) -> None:
         super().configure_recipe()

@@ -1,47 +1,84 @@
-"""Checks and patch adaptation that run on the plans *before* nnU-Net's trainer creates its results folder.
+"""What a plugin trainer does with the plans *before* nnU-Net's trainer creates its results folder.
 
 A trainer calls :func:`prepare_plans` first thing in ``__init__``: every user error (missing configuration,
 2-D plans, too few cases for 5 folds, a patch that cannot fit) raises here with the fix in the message, so
-nothing is written to ``nnUNet_results``. On success the plans dict is updated in place (patch size and
-network kwargs of the configuration); the trainer saves that dict as ``plans.json`` in ``on_train_start``,
-which is what ``nnUNetv2_predict`` and the validation read.
+nothing is written to ``nnUNet_results``. On success the configuration in the plans dict names the network
+that will be trained in its ``architecture`` block (class import path + kwargs), with the patch and batch it
+trains with; the trainer saves that dict as ``plans.json`` in ``on_train_start``, so nnU-Net's own
+``get_network_from_plans`` rebuilds the trained network from the results folder.
+
+Three kinds of plans come in:
+- plans from ``nnunetv2_uc plan`` (the architecture names a plugin network): used as planned;
+- nnU-Net's default plans (the architecture names nnU-Net's U-Net): the trainer's network replaces it, and
+  patch and batch are adapted with the planner's code (``nnunetv2_uc.planning.adapt``);
+- plans of results folders trained by 0.1.x (nnU-Net's U-Net in the architecture block, the network's kwargs
+  under ``uc3dunet_kwargs`` / ``uxnet_kwargs``): those kwargs are the network's (see ``trained_architecture``).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import os
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-from torch import nn
 
-from nnunetv2_uc.architectures.registry import NetworkEntry
-from nnunetv2_uc.trainers.patch_planning import (
-    GIB, NNUNET_REFERENCE_GB, PLANNER_GPU_TARGET_GB, PatchAdaptationError, PatchDecision, adapt_patch_size,
-    gpu_target_budget_bytes, training_bytes_estimator,
-)
+from nnunetv2_uc.architectures.registry import NETWORKS, NetworkEntry
+from nnunetv2_uc.planning.adapt import Adaptation, AdaptationError, adapt_configuration
+from nnunetv2_uc.planning.memory import GIB
+from nnunetv2_uc.planning.networks import paper_network
+from nnunetv2_uc.planning.planners import planner_reference
+from nnunetv2_uc.provenance import PLUGIN_MODULE_PREFIX
+from nnunetv2_uc.uc_plans import has_uc_connections
 
 #: configuration keys this plugin reads (all optional)
 FIXED_PATCH_KEY = "uc_fixed_patch"            # true: take patch_size/batch_size as given, only check the shape
-BUDGET_KEY = "uc_memory_budget_gib"          # explicit budget in estimator GiB (overrides the GPU target)
-GPU_TARGET_KEY = "uc_gpu_memory_target_gb"   # nnU-Net's -gpu_memory_target (default: the planner's, 8 GB)
+BUDGET_KEY = "uc_memory_budget_gib"          # explicit budget in GiB of the memory model (overrides the target)
+GPU_TARGET_KEY = "uc_gpu_memory_target_gb"   # nnU-Net's -gpu_memory_target (default: the planner's)
 NUM_FOLDS = 5
 
 
-def resolved_kwargs(network: NetworkEntry, configuration: dict) -> dict[str, Any]:
-    """The network's defaults overlaid with what the configuration already stores (a preset or an earlier run)."""
-    return {**network.default_kwargs(), **configuration.get(network.legacy_kwargs_key, {})}
+class PlansError(ValueError):
+    """The plans cannot be trained with this trainer; the message says why and how to fix it."""
 
 
-def network_builder(network: NetworkEntry, kwargs: dict[str, Any], input_channels: int, num_classes: int
-                    ) -> Callable[[], nn.Module]:
-    return lambda: network.network_class(input_channels, num_classes, deep_supervision=False, **kwargs)
+@dataclass
+class PreparedPlans:
+    """What the trainer trains: the architecture block written into the plans, and how patch/batch came about."""
+
+    architecture: dict
+    patch_size: tuple[int, ...]
+    batch_size: int
+    deep_supervision: bool
+    adaptation: Adaptation | None = None      # None: patch and batch as the plans give them
+    notes: list[str] = field(default_factory=list)
+
+
+def names_plugin_network(architecture: dict) -> bool:
+    """Whether a plans ``architecture`` block names one of this plugin's networks (not nnU-Net's)."""
+    return str(architecture.get("network_class_name", "")).startswith(PLUGIN_MODULE_PREFIX)
+
+
+def trained_architecture(network: NetworkEntry, configuration: dict, overrides: dict | None = None) -> dict:
+    """The architecture block a (resolved) configuration trains and predicts with, for a trainer of ``network``.
+
+    Plans that name a plugin network keep it; otherwise ``network`` with its defaults, overlaid by the kwargs
+    of a 0.1.x results folder (``network.legacy_kwargs_key``) and by ``overrides`` (the trainer variant's).
+    """
+    architecture = configuration.get("architecture", {})
+    if names_plugin_network(architecture):
+        return architecture
+    legacy = configuration.get(network.legacy_kwargs_key, {}) if network.legacy_kwargs_key else {}
+    return network.plans_architecture(**{**legacy, **(overrides or {})})
 
 
 def _check_configuration(plans: dict, configuration: str, trainer_name: str) -> None:
     available = sorted(plans.get("configurations", {}))
     if configuration not in available:
-        raise ValueError(
+        raise PlansError(
             f"{trainer_name}: the plans ({plans.get('plans_name', '?')}) of {plans.get('dataset_name', '?')} have "
             f"no configuration {configuration!r} (available: {', '.join(available) or 'none'}). These trainers "
             f"need a 3-D configuration: run `nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres` on 3-D images, or "
@@ -57,71 +94,128 @@ def _check_folds(fold: int | str, dataset_json: dict, preprocessed_base: str | N
         return
     n_cases = int(dataset_json.get("numTraining", 0))
     if n_cases < NUM_FOLDS:
-        raise ValueError(
+        raise PlansError(
             f"{trainer_name}: the dataset has {n_cases} training case(s), too few for nnU-Net's {NUM_FOLDS}-fold "
             f"cross-validation split. Fix: add cases (at least {NUM_FOLDS}), train with fold `all`, or write your "
             f"own splits_final.json into {preprocessed_base or 'nnUNet_preprocessed/DatasetXXX'}"
         )
 
 
-def _fixed_patch_decision(network: NetworkEntry, config: dict, estimate: Callable, batch_size: int
-                          ) -> PatchDecision:
-    patch = tuple(int(s) for s in config["patch_size"])
-    problems = network.input_problems(patch)
-    if problems:
-        raise PatchAdaptationError(
-            f"{network.network_class.__name__}: the configuration sets {FIXED_PATCH_KEY}=true but its patch_size {list(patch)} is not "
-            f"valid: {'; '.join(problems)}. Fix patch_size in the plans (multiples of 16)"
-        )
-    return PatchDecision(patch, patch, batch_size, estimate(patch), None,
-                         [f"{FIXED_PATCH_KEY}=true: using the configured patch and batch size as given"])
+def _check_planned_network(architecture: dict, network: NetworkEntry, overrides: dict, trainer_name: str) -> None:
+    """Plans from ``nnunetv2_uc plan`` for another paper network, or a variant option the planned network lacks."""
+    class_name = architecture["network_class_name"]
+    other = next((e for e in NETWORKS.values() if e.import_path == class_name and e.trainer and e is not network),
+                 None)
+    if other is not None:
+        raise PlansError(f"{trainer_name}: these plans name {class_name} in their architecture block; train them "
+                         f"with -tr {other.trainer}, or plan for this trainer's network with `nnunetv2_uc plan -d D "
+                         f"--network {network.name}`")
+    unknown = sorted(set(overrides) - set(architecture["arch_kwargs"]))
+    if class_name != network.import_path and unknown:
+        raise PlansError(f"{trainer_name} sets {unknown} for {network.network_class.__name__}, but these plans "
+                         f"train {class_name}, which has no such option; use the trainer without the variant suffix")
 
 
-def _gpu_target_gb(plans: dict, config: dict) -> float:
-    """The GPU memory target the plans were made for: explicit key, else by planner, else nnU-Net's 8 GB."""
+def _planner_calibration(plans: dict) -> tuple[Any, float | None, str | None]:
+    """(reference, default target GB, why not) of the planner that made the plans; it needs the raw dataset.json."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            reference, target = planner_reference(plans.get("experiment_planner_used", "ExperimentPlanner"),
+                                                  plans["dataset_name"])
+        return reference, target, None
+    except Exception as e:  # noqa: BLE001 - any failure means: fall back to the plans' own patch x batch
+        return None, None, f"the planner's memory reference could not be read ({type(e).__name__}: {e})"
+
+
+def _adapt(plans: dict, config: dict, network: NetworkEntry, architecture: dict, input_channels: int,
+           num_classes: int, optimizer_slots: int, world_size: int) -> tuple[Adaptation, list[str]]:
+    reference, target, problem = _planner_calibration(plans)
+    notes = [f"{problem}; the budget is what nnU-Net's network needs at the planned patch x batch"] if problem else []
     if config.get(GPU_TARGET_KEY) is not None:
-        return float(config[GPU_TARGET_KEY])
-    return PLANNER_GPU_TARGET_GB.get(plans.get("experiment_planner_used", ""), NNUNET_REFERENCE_GB)
+        target = float(config[GPU_TARGET_KEY])
+    budget = int(float(config[BUDGET_KEY]) * GIB) if config.get(BUDGET_KEY) is not None else None
+    with_these_kwargs = dataclasses.replace(paper_network(network),
+                                            architecture=lambda configuration, patch: architecture)
+    adaptation = adapt_configuration(config, with_these_kwargs, input_channels, num_classes, reference, target,
+                                     world_size, budget, optimizer_slots)
+    return adaptation, notes
 
 
 def prepare_plans(plans: dict, configuration: str, fold: int | str, dataset_json: dict, network: NetworkEntry,
-                  optimizer_slots: int, trainer_name: str, preprocessed_base: str | None) -> PatchDecision:
-    """Validate the request and write the network's patch size and kwargs into ``plans`` (in place)."""
-    name = network.network_class.__name__
+                  optimizer_slots: int, trainer_name: str, preprocessed_base: str | None, world_size: int = 1,
+                  overrides: dict | None = None) -> PreparedPlans:
+    """Validate the request; write the trained network's architecture block, patch and batch into ``plans``."""
+    overrides = overrides or {}
     _check_configuration(plans, configuration, trainer_name)
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration)
     config = configuration_manager.configuration  # resolved (inherits_from applied)
     if len(config["patch_size"]) != 3:
-        raise ValueError(
+        raise PlansError(
             f"{trainer_name}: configuration {configuration!r} is {len(config['patch_size'])}-D (patch "
-            f"{config['patch_size']}); {name} is a 3-D network. Use 3d_fullres (or another 3-D configuration)"
+            f"{config['patch_size']}); {network.network_class.__name__} is a 3-D network. Use 3d_fullres (or another "
+            f"3-D configuration)"
         )
     _check_folds(fold, dataset_json, preprocessed_base, trainer_name)
-
-    kwargs = resolved_kwargs(network, config)
     input_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
     num_classes = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-    batch_size = int(config["batch_size"])
-    try:
-        estimate = training_bytes_estimator(network_builder(network, kwargs, input_channels, num_classes),
-                                            input_channels,
-                                            batch_size, optimizer_slots)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{trainer_name}: invalid {network.legacy_kwargs_key} {kwargs} in configuration "
-                         f"{configuration!r}: {e}") from e
 
-    if config.get(FIXED_PATCH_KEY, False):
-        decision = _fixed_patch_decision(network, config, estimate, batch_size)
+    planned_by_plugin = names_plugin_network(config["architecture"])
+    if planned_by_plugin:
+        _check_planned_network(config["architecture"], network, overrides, trainer_name)
+        architecture = dict(config["architecture"])
+        if config["architecture"]["network_class_name"] == network.import_path:
+            architecture["arch_kwargs"] = {**architecture["arch_kwargs"], **overrides}
     else:
-        if config.get(BUDGET_KEY) is not None:
-            budget = int(float(config[BUDGET_KEY]) * GIB)
-        else:
-            budget = gpu_target_budget_bytes(config, input_channels, num_classes, _gpu_target_gb(plans, config))
-        decision = adapt_patch_size(config["patch_size"], config.get("median_image_size_in_voxels", config["patch_size"]),
-                                    batch_size, estimate, budget, name)
+        architecture = trained_architecture(network, config, overrides)
+    try:
+        prepared = _prepare_patch(plans, config, network, architecture, input_channels, num_classes,
+                                  optimizer_slots, world_size, planned_by_plugin)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, PlansError):
+            raise
+        raise PlansError(f"{trainer_name}: configuration {configuration!r}: {e}") from e
 
     own = plans["configurations"][configuration]
-    own["patch_size"] = list(decision.patch)
-    own[network.legacy_kwargs_key] = kwargs
-    return decision
+    own["architecture"] = prepared.architecture
+    own["patch_size"] = list(prepared.patch_size)
+    own["batch_size"] = prepared.batch_size
+    if network.legacy_kwargs_key:
+        own.pop(network.legacy_kwargs_key, None)  # now in the architecture block
+    return prepared
+
+
+def _prepare_patch(plans: dict, config: dict, network: NetworkEntry, architecture: dict, input_channels: int,
+                   num_classes: int, optimizer_slots: int, world_size: int, planned_by_plugin: bool) -> PreparedPlans:
+    patch = tuple(int(s) for s in config["patch_size"])
+    batch = int(config["batch_size"])
+    deep_supervision = has_uc_connections(architecture)
+    if planned_by_plugin or config.get(FIXED_PATCH_KEY, False):
+        if architecture["network_class_name"] == network.import_path:
+            problems = network.input_problems(patch)
+            if problems:
+                raise PlansError(f"{network.network_class.__name__} cannot take patch_size {list(patch)} of the "
+                                 f"plans: {'; '.join(problems)}. Fix patch_size in the plans (multiples of 16)")
+        why = "uc_fixed_patch" if config.get(FIXED_PATCH_KEY, False) else "planned by nnunetv2_uc plan"
+        return PreparedPlans(architecture, patch, batch, deep_supervision,
+                             notes=[f"patch {list(patch)} and batch size {batch} as the plans give them ({why})"])
+    try:
+        adaptation, notes = _adapt(plans, config, network, architecture, input_channels, num_classes,
+                                   optimizer_slots, world_size)
+    except AdaptationError as e:
+        raise PlansError(str(e)) from None
+    notes.append(f"nnU-Net's plans were made for {config['architecture']['network_class_name'].rsplit('.', 1)[-1]}; "
+                 f"for plans made for {network.network_class.__name__} (patch and batch from the median image, as "
+                 f"nnU-Net plans its own network) run `nnunetv2_uc plan -d {_dataset_id(plans)} "
+                 f"--network {network.name}` and train with -p {_suggested_plans_name(plans, network)}")
+    return PreparedPlans(architecture, adaptation.patch, adaptation.batch_size, deep_supervision, adaptation,
+                         notes)
+
+
+def _dataset_id(plans: dict) -> str:
+    name = str(plans.get("dataset_name", ""))
+    return str(int(name[7:10])) if name.startswith("Dataset") and name[7:10].isdigit() else "D"
+
+
+def _suggested_plans_name(plans: dict, network: NetworkEntry) -> str:
+    return f"{plans.get('plans_name', 'nnUNetPlans')}_{network.network_class.__name__}"

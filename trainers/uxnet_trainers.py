@@ -22,8 +22,9 @@ class nnUNetTrainerUXNet(PaperNetworkTrainer):
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        """Build from the plans only (called on the class by nnUNetv2_predict); DS is never enabled."""
-        return build_from_plans(UXNET_NETWORK, configuration_manager, num_input_channels, num_output_channels)
+        """Build from the plans only (also called on the class by nnUNetv2_predict)."""
+        return build_from_plans(UXNET_NETWORK, configuration_manager, num_input_channels, num_output_channels,
+                                enable_deep_supervision)
 
 
 class nnUNetTrainerUXNet_SGD(SGDRecipeMixin, nnUNetTrainerUXNet):

@@ -20,6 +20,7 @@ applied by switching autocast on for that device directly, which works for "cuda
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -38,7 +39,7 @@ BYTES_FP32 = 4
 #: gradient of the op being differentiated and pending skip-connection gradients. Modelled as this many copies
 #: of the largest saved activation. Calibrated on real fp32 CPU training steps (peak RSS, fresh process; both
 #: networks at 48x64x64 b2, 64^3 b2, 64x96x96 b1, and 64^3 b2 checkpointed): the total came within -2%..+5%
-#: (tests/test_planning_memory.py). Not measured on a GPU.
+#: (tests/planning/test_planning_memory.py). Not measured on a GPU.
 BACKWARD_WORKING_SET = 2
 
 
@@ -253,3 +254,19 @@ def memory_model_for(architecture: dict, input_channels: int, num_classes: int, 
                                        architecture["_kw_requires_import"], input_channels, num_classes,
                                        allow_init=False, deep_supervision=deep_supervision),
         input_channels, precision, optimizer_slots)
+
+
+class MemoryModels:
+    """Memory models of several architectures for one dataset (channels, classes) and precision, each built
+    once: the planner and the trainers' adaptation ask for the same architecture many times."""
+
+    def __init__(self, input_channels: int, num_classes: int, precision: Precision) -> None:
+        self.input_channels, self.num_classes, self.precision = input_channels, num_classes, precision
+        self._models: dict[str, TrainingMemoryModel] = {}
+
+    def __call__(self, architecture: dict, deep_supervision: bool, optimizer_slots: int) -> TrainingMemoryModel:
+        key = json.dumps([architecture, deep_supervision, optimizer_slots], sort_keys=True, default=str)
+        if key not in self._models:
+            self._models[key] = memory_model_for(architecture, self.input_channels, self.num_classes,
+                                                 self.precision, optimizer_slots, deep_supervision)
+        return self._models[key]

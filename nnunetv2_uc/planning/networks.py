@@ -59,6 +59,9 @@ def _total_strides(configuration: dict) -> tuple[int, ...]:
 
 
 def _uc_problems(configuration: dict, patch: Sequence[int]) -> list[str]:
+    bottleneck = [size // stride for size, stride in zip(patch, _total_strides(configuration))]
+    if math.prod(bottleneck) <= 1:  # InstanceNorm rejects a single voxel
+        return [f"patch {list(patch)} leaves {bottleneck} voxels at the bottleneck; InstanceNorm needs more than one"]
     try:
         with_uc_connections(configuration["architecture"], patch)
     except UCPlanError as e:

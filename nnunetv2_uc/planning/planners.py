@@ -11,7 +11,6 @@ names our class, so nnU-Net's ``get_network_from_plans`` builds it.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -28,9 +27,9 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.planning.budget import MemoryBudget, NnUNetReference, nnunet_configuration_budget
-from nnunetv2_uc.planning.memory import GIB, CUDA_FP16_AUTOCAST, Precision, TrainingMemoryModel, memory_model_for
+from nnunetv2_uc.planning.memory import GIB, CUDA_FP16_AUTOCAST, MemoryModels, Precision, TrainingMemoryModel
 from nnunetv2_uc.planning.networks import SGD_SLOTS, PlannableNetwork
-from nnunetv2_uc.planning.search import NoPatchFits, PatchAndBatch, search_patch_and_batch
+from nnunetv2_uc.planning.search import NoPatchFits, NoValidPatch, PatchAndBatch, search_patch_and_batch
 
 BASE_PLANNERS: dict[str, type[ExperimentPlanner]] = {
     cls.__name__: cls for cls in (ExperimentPlanner, nnUNetPlannerResEncM, nnUNetPlannerResEncL, nnUNetPlannerResEncXL)
@@ -95,7 +94,7 @@ def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwo
         def __init__(self, dataset_name_or_id, *args, plans_name: str | None = None, **kwargs):
             super().__init__(dataset_name_or_id, *args, plans_name=plans_name or default_plans_name(base, network),
                              **kwargs)
-            self._memory_models: dict[str, TrainingMemoryModel] = {}
+            self._memory_models: MemoryModels | None = None
 
         @staticmethod
         def static_estimate_VRAM_usage(patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
@@ -140,12 +139,9 @@ def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwo
             return len(channels), len(self.dataset_json["labels"])
 
         def _memory_model(self, architecture: dict, deep_supervision: bool, slots: int) -> TrainingMemoryModel:
-            key = json.dumps([architecture, deep_supervision, slots], sort_keys=True, default=str)
-            if key not in self._memory_models:
-                channels, classes = self._channels_and_classes()
-                self._memory_models[key] = memory_model_for(architecture, channels, classes, precision, slots,
-                                                            deep_supervision)
-            return self._memory_models[key]
+            if self._memory_models is None:
+                self._memory_models = MemoryModels(*self._channels_and_classes(), precision)
+            return self._memory_models(architecture, deep_supervision, slots)
 
         def _budget(self, nnunet: dict) -> MemoryBudget:
             theirs = self._memory_model(nnunet["architecture"], True, NNUNET_OPTIMIZER_SLOTS)
@@ -168,6 +164,10 @@ def network_planner_class(base: type[ExperimentPlanner], network: PlannableNetwo
                     approximate_n_voxels_dataset, self.max_dataset_covered, self.UNet_min_batch_size)
             except NoPatchFits as e:
                 raise TargetTooSmall(self._too_small_message(e, budget)) from None
+            except NoValidPatch as e:
+                raise UserError(f"{self.dataset_name}: {network.plans_suffix} cannot be planned on the "
+                                f"configuration nnU-Net planned (patch_size {nnunet['patch_size']}, median image "
+                                f"{[round(m) for m in median_shape]}): {e}") from None
             theirs = self._memory_model(nnunet["architecture"], True, NNUNET_OPTIMIZER_SLOTS)
             nnunet_bytes = theirs(nnunet["patch_size"], nnunet["batch_size"]).total
             plan = dict(nnunet)

@@ -17,9 +17,15 @@ import numpy as np
 
 #: nnU-Net's cap on the starting patch: the volume of 256^3 voxels, shaped by the spacing
 INITIAL_PATCH_VOXELS = 256 ** 3
+#: nnU-Net's minimum batch size (ExperimentPlanner.UNet_min_batch_size)
+MIN_BATCH_SIZE = 2
 
 MemoryFn = Callable[[tuple[int, ...], int], int]          # (patch, batch size) -> bytes
 ShapeProblemsFn = Callable[[Sequence[int]], list[str]]     # patch -> why the network cannot take it ([] if it can)
+
+
+class NoValidPatch(ValueError):
+    """The network takes no patch near the start (e.g. uC levels that need a larger in-plane map)."""
 
 
 class NoPatchFits(Exception):
@@ -55,7 +61,7 @@ def round_up(patch: Sequence[float], divisors: Sequence[int]) -> tuple[int, ...]
     return tuple(max(d, math.ceil(s / d) * d) for s, d in zip(patch, divisors))
 
 
-def _valid_start(patch: tuple[int, ...], median_shape: Sequence[float], divisors: Sequence[int],
+def valid_start(patch: tuple[int, ...], median_shape: Sequence[float], divisors: Sequence[int],
                  problems: ShapeProblemsFn) -> tuple[int, ...]:
     """Grow the axes of the largest median extent (one step each) until the network takes the patch, e.g.
     16^3 -> 32x16x16 for a network that needs more than one voxel at its coarsest resolution."""
@@ -66,7 +72,7 @@ def _valid_start(patch: tuple[int, ...], median_shape: Sequence[float], divisors
         axis = order[0]
         patch = tuple(s + divisors[a] if a == axis else s for a, s in enumerate(patch))
         order = sorted(range(len(patch)), key=lambda a: median_shape[a] / patch[a], reverse=True)
-    raise ValueError(f"no valid patch near {list(patch)}: {'; '.join(problems(patch))}")
+    raise NoValidPatch(f"no valid patch near {list(patch)}: {'; '.join(problems(patch))}")
 
 
 def _shrink_order(patch: tuple[int, ...], median_shape: Sequence[float]) -> list[int]:
@@ -99,7 +105,7 @@ def shrink_sequence(start: tuple[int, ...], median_shape: Sequence[float], divis
     return sequence
 
 
-def _first_that_fits(sequence: list[tuple[int, ...]], fits: Callable[[tuple[int, ...]], bool]) -> int | None:
+def first_that_fits(sequence: list[tuple[int, ...]], fits: Callable[[tuple[int, ...]], bool]) -> int | None:
     """Index of the first patch that fits (memory falls along the sequence: binary search), None if none."""
     if not fits(sequence[-1]):
         return None
@@ -115,7 +121,7 @@ def _first_that_fits(sequence: list[tuple[int, ...]], fits: Callable[[tuple[int,
 
 def search_patch_and_batch(spacing: Sequence[float], median_shape: Sequence[float], divisors: Sequence[int],
                            problems: ShapeProblemsFn, memory: MemoryFn, budget_bytes: int,
-                           dataset_voxels: float, max_dataset_covered: float, min_batch_size: int = 2
+                           dataset_voxels: float, max_dataset_covered: float, min_batch_size: int = MIN_BATCH_SIZE
                            ) -> PatchAndBatch:
     """nnU-Net's patch/batch search with ``memory(patch, batch)`` against ``budget_bytes``.
 
@@ -125,10 +131,10 @@ def search_patch_and_batch(spacing: Sequence[float], median_shape: Sequence[floa
     voxels x cases). Raises NoPatchFits when the smallest patch does not fit at ``min_batch_size``.
     """
     median_shape = [float(m) for m in median_shape]
-    start = _valid_start(round_up(nnunet_initial_patch(spacing, median_shape), divisors), median_shape,
+    start = valid_start(round_up(nnunet_initial_patch(spacing, median_shape), divisors), median_shape,
                          divisors, problems)
     sequence = shrink_sequence(start, median_shape, divisors, problems)
-    index = _first_that_fits(sequence, lambda patch: memory(patch, min_batch_size) <= budget_bytes)
+    index = first_that_fits(sequence, lambda patch: memory(patch, min_batch_size) <= budget_bytes)
     if index is None:
         smallest = sequence[-1]
         raise NoPatchFits(smallest, min_batch_size, memory(smallest, min_batch_size), budget_bytes)

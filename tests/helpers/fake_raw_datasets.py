@@ -4,7 +4,7 @@ realistic file names, dtypes, spacings, origins and label values.
 
 Each ``make_*`` function writes under ``root`` and returns a dict describing what it wrote, so tests can assert
 on exact values without re-implementing the converters. The helpers at the end (``nnunet_env`` fixture,
-``convert``, ``assert_valid_nnunet_dataset``) are shared by tests/test_conversion*.py.
+``convert``, ``assert_valid_nnunet_dataset``) are shared by the tests in tests/conversion/.
 """
 from __future__ import annotations
 

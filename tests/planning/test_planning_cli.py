@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from e2e_data import write_raw_dataset
+from helpers.e2e_data import write_raw_dataset
 from nnunetv2_uc.cli import main
 
 DATASET_ID, NAME = 951, "PlanTiny"
@@ -110,6 +110,32 @@ def test_plan_reuses_nnunets_preprocessed_data(nnunet, capsys):
     assert f"preprocess next: nnUNetv2_preprocess -d {DATASET_ID} -plans_name Coarse -c 3d_fullres" in out
     coarse = json.loads((nnunet / "preprocessed" / DATASET / "Coarse.json").read_text())["configurations"]["3d_fullres"]
     assert coarse["data_identifier"] == "Coarse_3d_fullres" and coarse["spacing"] == [3.0, 2.0, 2.0]
+
+
+def test_uc_nnunet_plans_uc_connections_on_nnunets_own_network(nnunet, capsys):
+    """`--network uc-nnunet`: nnU-Net's topology unchanged, uC connections added; the stock builder makes it with
+    deep supervision, as nnU-Net's stock trainer will."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_uc.architectures.uc_unet import UCPlainConvUNet
+
+    assert main(["plan", "-d", str(DATASET_ID), "--network", "uc-nnunet"]) == 0
+    out = capsys.readouterr().out
+    plans = json.loads((nnunet / "preprocessed" / DATASET / "nnUNetPlans_UCUNet.json").read_text())
+    ours = plans["configurations"]["3d_fullres"]
+    nnunet_own = ours["uc_planning"]["nnunet"]
+    assert ours["architecture"]["network_class_name"] == "nnunetv2_uc.architectures.uc_unet.UCPlainConvUNet"
+    assert nnunet_own["network_class_name"].endswith(".PlainConvUNet")
+    assert ours["architecture"]["arch_kwargs"]["uc_stages"] == [0]
+    assert f"3d_fullres: patch {ours['patch_size']}, batch {ours['batch_size']}" in out
+    configuration = PlansManager(plans).get_configuration("3d_fullres")
+    network = get_network_from_plans(configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+                                     configuration.network_arch_init_kwargs_req_import, 1, 3, deep_supervision=True)
+    assert isinstance(network, UCPlainConvUNet)
+    with torch.no_grad():
+        outputs = network(torch.zeros(1, 1, *configuration.patch_size))
+    assert len(outputs) == len(ours["architecture"]["arch_kwargs"]["strides"]) - 1  # nnU-Net's DS outputs
 
 
 @pytest.mark.parametrize("args,code,message", [

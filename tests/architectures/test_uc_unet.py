@@ -16,7 +16,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
-from e2e_data import SHAPE_ZYX, write_raw_dataset
+from helpers.e2e_data import SHAPE_ZYX, write_raw_dataset
 from nnunetv2_uc.architectures.building_blocks.u_connection import SkipUNet2d
 from nnunetv2_uc.architectures.uc_unet import (
     UCPlainConvUNet, UCPlanError, UCResidualEncoderUNet, UShapedSkipFusion, uc_arch_kwargs,

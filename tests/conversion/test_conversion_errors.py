@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import fake_raw_datasets as fake
-from fake_raw_datasets import convert, digest, nnunet_env  # noqa: F401
+import helpers.fake_raw_datasets as fake
+from helpers.fake_raw_datasets import convert, digest, nnunet_env  # noqa: F401
 
 
 def folder_digests(folder: Path) -> dict[str, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e2e_data import SHAPE_ZYX, nnunet_env, write_raw_dataset
+from helpers.e2e_data import SHAPE_ZYX, nnunet_env, write_raw_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -240,7 +240,7 @@ def test_u_connection_on_first_axis_of_a_channels_last_map_folds_without_copying
 
 @pytest.mark.parametrize("cls, kwargs", [(UXNet, SMALL_UX), (UC3DUNet, SMALL_UC)])
 def test_activation_checkpointing_changes_memory_not_values_or_gradients(cls, kwargs):
-    from nnunetv2_uc.trainers.patch_planning import saved_activation_bytes
+    from nnunetv2_uc.planning.memory import CPU_FP32, TrainingMemoryModel
 
     torch.manual_seed(0)
     plain = cls(1, 3, **kwargs)
@@ -252,9 +252,8 @@ def test_activation_checkpointing_changes_memory_not_values_or_gradients(cls, kw
     torch.testing.assert_close(out, expected)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    with torch.device("meta"):
-        sizes = {flag: saved_activation_bytes(cls(1, 3, activation_checkpointing=flag, **kwargs), (2, 1, 64, 64, 64))
-                 for flag in (False, True)}
+    sizes = {flag: TrainingMemoryModel(lambda: cls(1, 3, activation_checkpointing=flag, **kwargs), 1, CPU_FP32,
+                                       2)((64, 64, 64), 2).activations for flag in (False, True)}
     assert sizes[True] < 0.75 * sizes[False]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers.paths import REPO_ROOT
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -58,8 +58,8 @@ def test_every_subcommand_has_help():
 
 def test_wheel_carries_the_mapped_packages_and_imports_from_them(tmp_path):
     build = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"),
-                            str(ROOT)], capture_output=True, text=True)
-    if build.returncode != 0 and not (ROOT / "pyproject.toml").exists():
+                            str(REPO_ROOT)], capture_output=True, text=True)
+    if build.returncode != 0 and not (REPO_ROOT / "pyproject.toml").exists():
         pytest.fail("the project source is not next to the tests")
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("nnunetv2_uc-*.whl"))

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-SUMMARY = ROOT / "scripts" / "gpu_check_summary.py"
+from helpers.paths import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
+SUMMARY = REPO_ROOT / "scripts" / "gpu_check_summary.py"
 BIN = Path(sys.executable).parent
 GIB = 1024 ** 3
 
@@ -100,7 +101,8 @@ def test_gpu_check_smoke_runs_every_step_on_cpu(tmp_path):
     assert steps == {name: "ok" for name in steps} and len(steps) == 12, steps
     data = json.loads((out / "summary.json").read_text())
     for net in ("uc3dunet", "plainunet"):
-        assert data["training_step"][net]["eager_s"] > 0 and data["memory_128"][net] > 0
+        assert data["training_step"][net]["eager_s"] > 0 and data["memory_128"][net]["peak_memory_bytes"] > 0
+        assert data["memory_128"][net]["estimated_peak_bytes"] > 0
         assert data["inference"][net]["one_tile_s"] > 0 and data["inference"][net]["four_tiles_s"] > 0
     assert data["training_step"]["plainunet"]["eager_x_plain"] == 1.0
     assert data["layout"]["uc3dunet"]["contiguous"] > 0 and data["layout"]["uc3dunet"]["fast_paths_all"] > 0

@@ -112,7 +112,8 @@ def test_plans_name_architecture_and_shared_data(plan):
     assert uc["plans"]["plans_name"] == "nnUNetResEncUNetLPlans_UC3DUNet"
     assert uc["architecture"] == {
         "network_class_name": "nnunetv2_uc.architectures.uc3dunet.UC3DUNet",
-        "arch_kwargs": {"features": [24, 48, 96, 192, 384, 32], "uc_levels": [0, 1, 2], "slice_axis": "first"},
+        "arch_kwargs": {"features": [24, 48, 96, 192, 384, 32], "uc_levels": [0, 1, 2], "slice_axis": "first",
+                        "activation_checkpointing": False},
         "_kw_requires_import": []}
     assert uc["data_identifier"] == "nnUNetPlans_3d_fullres"  # nnU-Net's (and ResEnc's) preprocessed data
     assert list(uc["plans"]["configurations"]) == ["3d_fullres"]
@@ -121,7 +122,8 @@ def test_plans_name_architecture_and_shared_data(plan):
     assert ux["architecture"]["network_class_name"] == "nnunetv2_uc.architectures.uxnet.UXNet"
     assert ux["architecture"]["arch_kwargs"] == {
         "feature_sizes": [48, 96, 192, 384], "depths": [2, 2, 2, 2], "hidden_size": 768, "kernel_size": 7,
-        "drop_path_rate": 0.0, "layer_scale_init_value": 1e-6}
+        "drop_path_rate": 0.0, "layer_scale_init_value": 1e-6,
+        "activation_checkpointing": False}
     # everything but patch, batch and network is nnU-Net's plan
     assert ux["spacing"] == [1.0, 1.0, 1.0] and ux["normalization_schemes"] == ["ZScoreNormalization"] * 4
     assert ux["result"].to_preprocess == ["3d_fullres"]  # no preprocessed data yet
@@ -192,3 +194,24 @@ def test_a_network_that_takes_nnunets_topology_is_one_table_entry(plan):
     # plans when tried)
     assert config["patch_size"] == nnunet["patch_size"] == [20, 320, 256]
     assert config["batch_size"] == nnunet["batch_size"] == 2
+
+
+@pytest.mark.parametrize("example, planner, uc_class", [
+    ("ABDOMEN_CT_LIKE", "ExperimentPlanner", "UCPlainConvUNet"),
+    ("HIPPOCAMPUS_LIKE", "nnUNetPlannerResEncM", "UCResidualEncoderUNet"),
+])
+def test_uc_on_nnunet_keeps_nnunets_topology_and_adds_uc_connections(plan, example, planner, uc_class):
+    config = plan(example, planner, None, "uc-nnunet")
+    record = config[PLANNING_KEY]
+    architecture = config["architecture"]
+    assert architecture["network_class_name"] == f"nnunetv2_uc.architectures.uc_unet.{uc_class}"
+    assert config["plans"]["plans_name"].endswith("_UCUNet")
+    kwargs = architecture["arch_kwargs"]
+    assert kwargs["uc_stages"] and len(kwargs["uc_depths"]) == len(kwargs["uc_stages"])
+    assert kwargs["n_stages"] == len(kwargs["strides"]) == len(kwargs["features_per_stage"])
+    for axis, size in enumerate(config["patch_size"]):
+        assert size % math.prod(s[axis] for s in kwargs["strides"]) == 0
+    assert config["batch_size"] >= 2 and record["estimated_bytes"] <= record["budget_bytes"]
+    # more memory per voxel than nnU-Net's own network: never more voxels x batch than nnU-Net planned
+    nnunet = record["nnunet"]
+    assert voxels(config["patch_size"]) * config["batch_size"] <= voxels(nnunet["patch_size"]) * nnunet["batch_size"]

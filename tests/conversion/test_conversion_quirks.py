@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-import fake_raw_datasets as fake
-from fake_raw_datasets import assert_valid_nnunet_dataset, convert, nnunet_env, read  # noqa: F401
+import helpers.fake_raw_datasets as fake
+from helpers.fake_raw_datasets import assert_valid_nnunet_dataset, convert, nnunet_env, read  # noqa: F401
 
 
 def test_abdomenct1k_repairs_non_orthonormal_headers_and_skips_images_without_mask(tmp_path, nnunet_env, capsys):

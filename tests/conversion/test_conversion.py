@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import fake_raw_datasets as fake
-from fake_raw_datasets import assert_valid_nnunet_dataset, convert, digest, nnunet_env, read  # noqa: F401
+import helpers.fake_raw_datasets as fake
+from helpers.fake_raw_datasets import assert_valid_nnunet_dataset, convert, digest, nnunet_env, read  # noqa: F401
 from nnunetv2_uc.cli import main
 
 

@@ -12,7 +12,7 @@ from nnunetv2_uc.planning.memory import (
     CPU_FP32, CUDA_FP16_AUTOCAST, GIB, Precision, TrainingMemoryModel, forward_and_loss,
 )
 from nnunetv2_uc.architectures.registry import entry_for_class
-from planning_measure import measure_cpu_training_peak
+from helpers.planning_measure import measure_cpu_training_peak
 
 NETWORKS = {"uc3dunet": UC3DUNet, "uxnet": UXNet}
 
@@ -27,11 +27,11 @@ def model(network_class, precision: Precision, input_channels=1, num_classes=3, 
 
 
 # (network, patch, batch, activation checkpointing): activations dominate, so the CPU runtime's own few
-# hundred MB stay small beside them; one size per network in the default run, the rest marked slow (~1.5 min
-# each on 2 cores)
+# hundred MB stay small beside them; one size per network in the default run, the rest in the `calibration`
+# run (~1.5 min each on 2 cores; `pytest -m calibration -s` prints estimate and measurement)
 def measured_case(name: str, patch: tuple, batch: int, checkpointing: bool = False, slow: bool = True):
     case_id = f"{name}-{'x'.join(map(str, patch))}-b{batch}{'-checkpointed' if checkpointing else ''}"
-    return pytest.param(name, patch, batch, checkpointing, id=case_id, marks=[pytest.mark.slow] if slow else [])
+    return pytest.param(name, patch, batch, checkpointing, id=case_id, marks=[pytest.mark.calibration] if slow else [])
 
 
 MEASURED = [

@@ -1,4 +1,5 @@
-"""Unit tests of the plugin trainers: patch adaptation, plans persistence, bad input, DS, gradients, compile."""
+"""Unit tests of the plugin trainers: adaptation of nnU-Net's plans, truthful plans, bad input, DS, gradients,
+compile."""
 from __future__ import annotations
 
 import copy
@@ -11,14 +12,19 @@ import torch
 
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+import nnunetv2_uc
 from nnunetv2_uc.architectures import UC3DUNet, UXNet
+from nnunetv2_uc.provenance import Record, read_record
 from nnunetv2_uc.trainers import (
     TRAINER_NAMES, nnUNetTrainerUC, nnUNetTrainerUC_SGD, nnUNetTrainerUC_checkpointed, nnUNetTrainerUC_tiny,
     nnUNetTrainerUXNet, nnUNetTrainerUXNet_checkpointed, nnUNetTrainerUXNet_tiny,
 )
-from nnunetv2_uc.trainers.patch_planning import GIB, PatchAdaptationError, adapt_patch_size, round_to_16
+import json
+
+from nnunetv2_uc.planning.memory import GIB
 
 TRAINERS = [nnUNetTrainerUC, nnUNetTrainerUXNet]
 
@@ -56,9 +62,17 @@ DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "brig
 
 @pytest.fixture
 def nnunet_dirs(tmp_path, monkeypatch) -> Path:
+    """nnU-Net folders with the raw dataset.json and the fingerprint of tiny_plans' dataset, so the trainers can
+    read the planner's memory reference (nnU-Net's planner reads both)."""
     for key in ("raw", "preprocessed", "results"):
         (tmp_path / key).mkdir()
         monkeypatch.setenv(f"nnUNet_{key}", str(tmp_path / key))
+    raw = tmp_path / "raw" / "Dataset901_Aniso"
+    raw.mkdir()
+    (raw / "dataset.json").write_text(json.dumps({**DATASET_JSON, "dataset": {}}))
+    fingerprint = tmp_path / "preprocessed" / "Dataset901_Aniso" / "dataset_fingerprint.json"
+    fingerprint.parent.mkdir()
+    fingerprint.write_text(json.dumps({"spacings": [[3.0, 1.0, 1.0]], "shapes_after_crop": [[12, 28, 28]]}))
     return tmp_path
 
 
@@ -73,44 +87,46 @@ def results_files(root: Path) -> list[Path]:
     return [p for p in (root / "results").rglob("*")]
 
 
-# ---------------------------------------------------------------- patch adaptation (pure functions)
-
-def test_round_to_16_goes_up_and_keeps_minimum():
-    assert round_to_16((12, 28, 28)) == (16, 32, 32)
-    assert round_to_16((20, 40, 40)) == (32, 48, 48)
-    assert round_to_16((128, 112, 160)) == (128, 112, 160)
-    assert round_to_16((5, 17, 64)) == (16, 32, 64)
-
-
-def test_adapt_shrinks_largest_axis_relative_to_median_until_it_fits():
-    # estimate proportional to voxels: budget allows half of 64^3
-    decision = adapt_patch_size((64, 64, 64), (64, 128, 256), 2, lambda p: p[0] * p[1] * p[2],
-                                budget_bytes=64 ** 3 // 2, network_name="Net")
-    assert decision.patch[0] * decision.patch[1] * decision.patch[2] <= 64 ** 3 // 2
-    assert all(s % 16 == 0 for s in decision.patch)
-    assert decision.patch[2] == 64  # the axis smallest relative to its median size is kept
-    assert decision.changed and any("shrank" in r for r in decision.reasons)
-
-
-def test_adapt_raises_when_nothing_fits():
-    with pytest.raises(PatchAdaptationError, match="smallest valid patch .*uc_memory_budget_gib"):
-        adapt_patch_size((64, 64, 64), (64, 64, 64), 2, lambda p: 10 ** 12, budget_bytes=1, network_name="Net")
-
-
 # ---------------------------------------------------------------- trainers on plans
 
+@pytest.mark.parametrize("cls", [nnUNetTrainerUC_tiny, nnUNetTrainerUXNet])
+def test_trainer_records_itself_in_the_plans_it_saves(cls, nnunet_dirs, monkeypatch):
+    """on_train_start hands nnU-Net plans carrying the record (package version, trainer, network) to save."""
+    saved = {}
+    monkeypatch.setattr(nnUNetTrainer, "on_train_start", lambda self: saved.update(self.plans_manager.plans))
+    make_trainer(cls).on_train_start()
+    assert read_record(saved) == Record(nnunetv2_uc.__version__, cls.__name__, cls.__module__,
+                                        cls.registry_entry.name, cls.registry_entry.import_path)
+    assert saved["configurations"]["3d_fullres"]["architecture"]["network_class_name"] == cls.registry_entry.import_path
+
+
 @pytest.mark.parametrize("cls", TRAINERS)
-def test_trainer_adapts_and_persists_patch_and_kwargs(cls, nnunet_dirs):
+def test_trainer_adapts_the_patch_and_names_the_trained_network_in_the_plans(cls, nnunet_dirs):
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
     trainer = make_trainer(cls)
     assert trainer.configuration_manager.patch_size == [16, 32, 32]
     saved = trainer.plans_manager.plans["configurations"]["3d_fullres"]  # what on_train_start writes to plans.json
-    assert saved["patch_size"] == [16, 32, 32]
-    assert saved[cls.registry_entry.legacy_kwargs_key] == cls.registry_entry.default_kwargs()
+    assert saved["patch_size"] == [16, 32, 32] and saved["batch_size"] == 2
+    entry = cls.registry_entry
+    assert saved["architecture"] == {"network_class_name": entry.import_path, "arch_kwargs": entry.default_kwargs(),
+                                     "_kw_requires_import": []}
+    assert entry.legacy_kwargs_key not in saved
+    # nnU-Net's own builder makes the trained network from the plans, and the trainer's weights load strictly
+    arch = saved["architecture"]
+    rebuilt = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                     1, 3, deep_supervision=False)
+    trained = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 3,
+                                                 trainer.enable_deep_supervision)  # what initialize() builds
+    assert type(rebuilt) is type(trained) is entry.network_class
+    rebuilt.load_state_dict(trained.state_dict(), strict=True)
     assert trainer.enable_deep_supervision is False
     assert trainer._get_deep_supervision_scales() is None
-    assert trainer.patch_decision.planned == (12, 28, 28)
+    adaptation = trainer.prepared_plans.adaptation
+    assert adaptation.planned_patch == (12, 28, 28) and adaptation.budget_source.startswith("the planner's target")
     log = Path(trainer.log_file).read_text()
-    assert "rounded [12, 28, 28] up to [16, 32, 32]" in log and "estimated training memory" in log
+    assert "[12, 28, 28] -> [16, 32, 32]" in log and "estimated training memory" in log
+    assert f"nnunetv2_uc plan -d 901 --network {entry.name}" in log
 
 
 def test_uc_slice_axis_and_widths_come_from_the_plans(nnunet_dirs):
@@ -131,10 +147,10 @@ def test_shrinks_within_the_gpu_target(nnunet_dirs):
     cfg["median_image_size_in_voxels"] = [96.0, 96.0, 96.0]
     cfg["uc_gpu_memory_target_gb"] = 2
     trainer = make_trainer(nnUNetTrainerUXNet, plans)
-    decision = trainer.patch_decision
-    assert decision.patch != (96, 96, 96) and all(s % 16 == 0 for s in decision.patch)
-    assert decision.estimate_bytes <= decision.budget_bytes
-    assert "shrank" in Path(trainer.log_file).read_text()
+    adaptation = trainer.prepared_plans.adaptation
+    assert adaptation.patch != (96, 96, 96) and all(s % 16 == 0 for s in adaptation.patch)
+    assert adaptation.estimated_bytes <= adaptation.budget_bytes
+    assert "shrank the patch" in Path(trainer.log_file).read_text()
 
 
 def test_fixed_patch_is_used_as_given(nnunet_dirs):
@@ -171,12 +187,12 @@ def test_checkpointed_variant_needs_less_shrinking_and_persists_the_option(plain
     cfg["median_image_size_in_voxels"] = [96.0, 96.0, 96.0]
     cfg["uc_gpu_memory_target_gb"] = 2
     decisions = {cls: make_trainer(cls, plans) for cls in (plain, checkpointed)}
-    small, large = (decisions[cls].patch_decision for cls in (plain, checkpointed))
+    small, large = (decisions[cls].prepared_plans.adaptation for cls in (plain, checkpointed))
     assert small.patch != (96, 96, 96)  # the plain network had to shrink the planned patch ...
     assert np.prod(large.patch) > np.prod(small.patch)  # ... the checkpointed one keeps more of it
-    assert large.estimate_bytes <= large.budget_bytes
+    assert large.estimated_bytes <= large.budget_bytes
     trainer = decisions[checkpointed]
-    saved = trainer.plans_manager.plans["configurations"]["3d_fullres"][checkpointed.registry_entry.legacy_kwargs_key]
+    saved = trainer.plans_manager.plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
     assert saved["activation_checkpointing"] is True
     net = checkpointed.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 3, False)
     assert net.activation_checkpointing is True  # nnUNetv2_predict builds it the same way (inactive in eval)
@@ -217,7 +233,6 @@ def test_too_few_cases_is_fine_with_fold_all_or_own_split(nnunet_dirs):
     few = {**DATASET_JSON, "numTraining": 3}
     assert make_trainer(nnUNetTrainerUC, fold="all", dataset_json=few).fold == "all"
     split_dir = nnunet_dirs / "preprocessed" / "Dataset901_Aniso"
-    split_dir.mkdir(parents=True)
     (split_dir / "splits_final.json").write_text('[{"train": ["a", "b"], "val": ["c"]}]')
     assert make_trainer(nnUNetTrainerUC, fold=0, dataset_json=few).fold == 0
 
@@ -270,3 +285,58 @@ def test_torch_compile_fullgraph_matches_eager_on_cpu(cls):
         eager = net(x)
         out = compiled(x)
     torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- plans that name the network (nnunetv2_uc plan)
+
+def _planned_plans(architecture: dict, patch=(16, 32, 32), batch_size=3) -> dict:
+    plans = tiny_plans(patch=patch, batch_size=batch_size)
+    plans["configurations"]["3d_fullres"]["architecture"] = architecture
+    return plans
+
+
+def test_plans_that_name_the_network_are_trained_as_planned(nnunet_dirs):
+    entry = nnUNetTrainerUC.registry_entry
+    architecture = entry.plans_architecture(features=[8, 16, 32, 64, 128, 8])
+    trainer = make_trainer(nnUNetTrainerUC, _planned_plans(architecture))
+    saved = trainer.plans_manager.plans["configurations"]["3d_fullres"]
+    assert saved["architecture"] == architecture
+    assert (saved["patch_size"], saved["batch_size"]) == ([16, 32, 32], 3)
+    assert trainer.prepared_plans.adaptation is None
+    assert "as the plans give them (planned by nnunetv2_uc plan)" in Path(trainer.log_file).read_text()
+
+
+def test_plans_for_another_paper_network_name_the_right_trainer(nnunet_dirs):
+    plans = _planned_plans(nnUNetTrainerUXNet.registry_entry.plans_architecture())
+    with pytest.raises(ValueError, match=r"name .*UXNet in their architecture block; train them with -tr "
+                                         r"nnUNetTrainerUXNet"):
+        make_trainer(nnUNetTrainerUC, plans)
+    assert results_files(nnunet_dirs) == []
+
+
+def test_uc_on_nnunets_network_trains_with_deep_supervision_under_the_adamw_trainer(nnunet_dirs):
+    from nnunetv2_uc.architectures.uc_unet import UCPlainConvUNet
+    from nnunetv2_uc.uc_plans import with_uc_connections
+
+    plain = tiny_plans()["configurations"]["3d_fullres"]["architecture"]
+    plans = _planned_plans(with_uc_connections(plain, (16, 32, 32)), batch_size=2)
+    trainer = make_trainer(nnUNetTrainerUC, plans)
+    assert trainer.enable_deep_supervision is True
+    trainer.network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 3,
+                                                         True)  # what initialize() builds
+    assert isinstance(trainer.network, UCPlainConvUNet) and trainer.network.decoder.deep_supervision is True
+    assert trainer._get_deep_supervision_scales() == [[1.0, 1.0, 1.0], [1.0, 0.5, 0.5]]
+    trainer.set_deep_supervision_enabled(False)  # nnU-Net's validation switch reaches the decoder
+    assert trainer.network.decoder.deep_supervision is False
+    outputs = nnUNetTrainerUC.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 3,
+                                                         True)(torch.randn(1, 1, 16, 32, 32))
+    assert [tuple(o.shape[2:]) for o in outputs] == [(16, 32, 32), (16, 16, 16)]
+
+
+def test_checkpointed_variant_on_uc_on_nnunet_plans_is_refused(nnunet_dirs):
+    from nnunetv2_uc.uc_plans import with_uc_connections
+
+    plain = tiny_plans()["configurations"]["3d_fullres"]["architecture"]
+    plans = _planned_plans(with_uc_connections(plain, (16, 32, 32)), batch_size=2)
+    with pytest.raises(ValueError, match=r"sets \['activation_checkpointing'\].*has no such option"):
+        make_trainer(nnUNetTrainerUC_checkpointed, plans)

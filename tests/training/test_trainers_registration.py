@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers.paths import REPO_ROOT
 from nnunetv2_uc.cli import main
 from nnunetv2_uc.registration import ext_trainer_value, export_line, shim_directory
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN_5FOLD = REPO / "scripts" / "train_5fold.sh"
+TRAIN_5FOLD = REPO_ROOT / "scripts" / "train_5fold.sh"
 
 
 # ---------------------------------------------------------------- env + shim
@@ -190,7 +190,7 @@ def test_train_5fold_usage_error():
 
 
 def test_slurm_template_is_valid_bash_array_job():
-    script = REPO / "scripts" / "slurm_train_5fold.sh"
+    script = REPO_ROOT / "scripts" / "slurm_train_5fold.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
     assert "#SBATCH --array=0-4" in text and 'eval "$(nnunetv2_uc env)"' in text and "--c" in text

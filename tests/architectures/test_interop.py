@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fixture_path
+from helpers.paths import fixture_path
 from nnunetv2_uc.architectures import UC3DUNet, UXNet
 from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.interop import CheckpointError, load_original
-from original_semantics import OriginalUC3DUNet, OriginalUXNet, perturb_
+from helpers.original_semantics import OriginalUC3DUNet, OriginalUXNet, perturb_
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
+from helpers.paths import FIXTURES
 from nnunetv2_uc import doctor
 from nnunetv2_uc.cli import main
 from nnunetv2_uc.doctor import (
@@ -22,7 +23,7 @@ from nnunetv2_uc.doctor import (
 )
 from nnunetv2_uc.registration import shim_directory
 
-FIXTURE_MODEL = (Path(__file__).resolve().parent / "fixtures" / "legacy_results_0.1.0" / "Dataset901_LegacyUC"
+FIXTURE_MODEL = (FIXTURES / "legacy_results_0.1.0" / "Dataset901_LegacyUC"
                  / "nnUNetTrainerUC_tiny__nnUNetPlans__3d_fullres")
 H200 = CudaFacts("2.14.1+cu130", "13.0", devices=["NVIDIA H200 (sm_90, 139.8 GiB)"], driver_cuda=(13, 0),
                  driver_version="580.65.06", cudnn_version=92400, bf16=True)
@@ -275,6 +276,7 @@ def test_model_folder_of_the_legacy_fixture_passes(nnunet_folders, gpu_machine, 
     code, report = run_doctor(capsys, "-m", str(model_copy))
     checks = by_name(report)
     assert code == 0
+    assert checks["model record"]["status"] == SKIP and "names no nnunetv2-uc version" in checks["model record"]["detail"]
     assert checks["model trainer"]["status"] == OK and "nnUNetTrainerUC_tiny" in checks["model trainer"]["detail"]
     assert checks["model network"]["status"] == OK and checks["model network"]["detail"].startswith("UC3DUNet (")
     weights = torch.load(model_copy / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
@@ -293,14 +295,14 @@ def test_model_checkpoint_that_does_not_match_fails(model_copy):
 
 
 @pytest.mark.parametrize("trainer, hint", [
-    ("nnUNetTrainerUC_bf16", "a newer nnunetv2-uc than the installed"),
+    ("nnUNetTrainerUC_bf16", "another nnunetv2-uc version than the installed"),
     ("nnUNetTrainerSomeoneElses", "neither nnU-Net's"),
 ])
 def test_model_with_an_unknown_trainer_says_what_to_install(model_copy, trainer, hint):
     _rewrite_checkpoint(model_copy, lambda c: c.update(trainer_name=trainer))
     checks = check_model_folder(model_copy)
-    assert [c.status for c in checks] == [OK, FAIL]
-    assert checks[1].name == "model trainer" and trainer in checks[1].detail and hint in checks[1].fix
+    assert [c.status for c in checks] == [OK, SKIP, FAIL]
+    assert checks[2].name == "model trainer" and trainer in checks[2].detail and hint in checks[2].fix
 
 
 def test_model_of_our_trainer_that_does_not_resolve_points_to_the_lookup(model_copy):
@@ -308,8 +310,8 @@ def test_model_of_our_trainer_that_does_not_resolve_points_to_the_lookup(model_c
         raise RuntimeError("operator torchvision::nms does not exist")
 
     checks = check_model_folder(model_copy, find_trainer=broken)
-    assert checks[1].status == FAIL and "is a trainer of nnunetv2-uc" in checks[1].fix
-    assert "nnUNetTrainerUC_demo" in doctor.plugin_trainer_names()
+    assert checks[2].status == FAIL and "is a trainer of the installed nnunetv2-uc" in checks[2].fix
+    assert "nnunetv2_uc doctor" in checks[2].fix
 
 
 def test_model_folder_without_checkpoints(tmp_path):
