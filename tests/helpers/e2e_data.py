@@ -6,11 +6,14 @@ and a dark ellipsoid) that a network can separate by intensity within a few iter
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+
+from helpers.paths import REPO_ROOT
 
 SHAPE_ZYX = (12, 28, 28)
 SPACING_XYZ = (1.0, 1.0, 3.0)  # SimpleITK order
@@ -74,10 +77,8 @@ def nnunet_env(root: Path) -> dict[str, str]:
 
 
 def uc_plans_by_hand():
-    """scripts/uc_plans_by_hand.py as a module (uC plans written by hand, until `nnunetv2_uc plan` writes them)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "uc_plans_by_hand.py"
+    """scripts/uc_plans_by_hand.py as a module (the uC version of an existing plans file, written by hand)."""
+    path = REPO_ROOT / "scripts" / "uc_plans_by_hand.py"
     spec = importlib.util.spec_from_file_location("uc_plans_by_hand", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -10,13 +10,14 @@ import pytest
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from e2e_data import write_raw_dataset
+from helpers.e2e_data import write_raw_dataset
+from helpers.paths import FIXTURES
 from nnunetv2_uc.architectures.uc3dunet import UC3DUNet
 from nnunetv2_uc.cli import main
 from nnunetv2_uc.cost import count_macs, count_parameters
 from nnunetv2_uc.uc_plans import with_uc_connections
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "legacy_results_0.1.0"
+FIXTURE = FIXTURES / "legacy_results_0.1.0"
 DATASET = "Dataset901_LegacyUC"
 LEGACY_MODEL = "nnUNetTrainerUC_tiny__nnUNetPlans__3d_fullres"
 PATCH = [16, 32, 32]

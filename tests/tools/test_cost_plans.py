@@ -11,7 +11,8 @@ import pytest
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from e2e_data import uc_plans_by_hand
+from helpers.e2e_data import uc_plans_by_hand
+from helpers.paths import FIXTURES
 from nnunetv2_uc.architectures.uc_unet import UCPlainConvUNet, UCPlanError
 from nnunetv2_uc.cli import main
 from nnunetv2_uc.cost import count_macs, count_parameters
@@ -19,8 +20,7 @@ from nnunetv2_uc.errors import OverwriteRefused
 from nnunetv2_uc.timing import build_network
 from nnunetv2_uc.uc_plans import with_uc_connections, without_uc_connections
 
-LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_results_0.1.0" / "Dataset901_LegacyUC" / \
-    "nnUNetTrainerUC_tiny__nnUNetPlans__3d_fullres"
+LEGACY = FIXTURES / "legacy_results_0.1.0" / "Dataset901_LegacyUC" / "nnUNetTrainerUC_tiny__nnUNetPlans__3d_fullres"
 PATCH = [16, 32, 32]  # the fixture plans' 3d_fullres patch
 
 

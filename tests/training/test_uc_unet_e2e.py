@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e2e_data import SHAPE_ZYX, nnunet_env, write_raw_dataset
+from helpers.e2e_data import SHAPE_ZYX, nnunet_env, write_raw_dataset
 from test_e2e_stock_cli import chance_dice, check_held_out_predictions, read_nifti, run_cli
 
 pytestmark = pytest.mark.slow
