@@ -28,7 +28,7 @@ from nnunetv2_uc.architectures.uc_unet import UCPlanError
 from nnunetv2_uc.architectures.uxnet import DepthwiseChannelScaling
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.timing import StepSetup, build_network, measure_step, run_in_fresh_process
-from nnunetv2_uc.uc_plans import has_uc_connections, with_uc_connections, without_uc_connections
+from nnunetv2_uc.uc_plans import UC_VERSION, has_uc_connections, with_uc_connections, without_uc_connections
 
 DEFAULT_ARCHS = ("uxnet", "uc3dunet", "plainunet")
 
@@ -156,11 +156,14 @@ def load_dataset_plans(dataset: str, plans_identifier: str) -> tuple[dict, dict]
     return plans, dataset_json
 
 
-def _uc_variant(plans: dict, configuration: str) -> tuple[str, dict]:
+def _uc_variant(plans: dict, configuration: str) -> tuple[str, dict] | None:
     """(row name, plans) of the other side of ``configuration``: its uC version, or for uC plans nnU-Net's network
-    they were made from. A configuration the uC network cannot take is a UCPlanError naming the plans entry."""
+    they were made from; None for plans of another network (e.g. a paper network's, from ``nnunetv2_uc plan``).
+    A configuration the uC network cannot take is a UCPlanError naming the plans entry."""
     resolved = PlansManager(plans).get_configuration(configuration).configuration
     architecture = resolved["architecture"]
+    if not has_uc_connections(architecture) and architecture.get("network_class_name") not in UC_VERSION:
+        return None
     where = f"plans {plans.get('plans_name', '?')}, configurations[{configuration!r}]"
     try:
         if has_uc_connections(architecture):
@@ -195,7 +198,8 @@ def _paper_rows(patch: Sequence[int], input_channels: int, num_classes: int) -> 
 
 def plans_cost_report(plans: dict, configuration: str, dataset_json: dict) -> list[dict]:
     """Parameters and MACs at the configuration's patch of the plan's network, of the same plan with uC connections
-    (for a plan that already has them: without them) and of the paper networks (paper widths). The plan's row first.
+    (for a plan that already has them: without them; none for a plan of another network) and of the paper networks
+    (paper widths). The plan's row first.
 
     Raises UserError for a missing configuration, UCPlanError for one the uC network cannot take (2-D, a patch
     too small for one uC level, another network class), before anything is built.
@@ -204,9 +208,9 @@ def plans_cost_report(plans: dict, configuration: str, dataset_json: dict) -> li
     if configuration not in available:
         raise UserError(f"plans {plans.get('plans_name', '?')} have no configuration {configuration!r} "
                         f"(available: {', '.join(available) or 'none'}); choose one with -c")
-    variant_name, variant = _uc_variant(plans, configuration)
+    variant = _uc_variant(plans, configuration)
     rows = []
-    for name, these_plans in (("plan", plans), (variant_name, variant)):
+    for name, these_plans in [("plan", plans)] + ([variant] if variant else []):
         network, input_channels, patch = plans_network(these_plans, configuration, dataset_json)
         arch_kwargs = PlansManager(these_plans).get_configuration(configuration).network_arch_init_kwargs
         rows.append({"network": name, "network_class": type(network).__name__,

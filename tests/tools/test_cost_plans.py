@@ -13,6 +13,8 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from helpers.e2e_data import uc_plans_by_hand
 from helpers.paths import FIXTURES
+from nnunetv2_uc.architectures.registry import network_entry
+from nnunetv2_uc.architectures.uc3dunet import UC3DUNet
 from nnunetv2_uc.architectures.uc_unet import UCPlainConvUNet, UCPlanError
 from nnunetv2_uc.cli import main
 from nnunetv2_uc.cost import count_macs, count_parameters
@@ -93,6 +95,17 @@ def test_cost_of_uc_plans_reports_the_base_network_beside_them(preprocessed, cap
     assert uc_rows[0]["parameters"] == base_rows[1]["parameters"] and uc_rows[1]["gmacs"] == base_rows[0]["gmacs"]
     assert without_uc_connections(config["architecture"]) == _plans(preprocessed)["configurations"]["3d_fullres"][
         "architecture"]
+
+
+def test_plans_of_a_paper_network_get_no_uc_version(preprocessed, capsys):
+    plans = _plans(preprocessed)
+    plans["configurations"]["3d_fullres"]["architecture"] = network_entry("uc3dunet").plans_architecture(
+        features=[2, 4, 8, 16, 32, 2])  # as `nnunetv2_uc plan --network uc3dunet` names it
+    (preprocessed / "nnUNetPlans_UC3DUNet.json").write_text(json.dumps({**plans, "plans_name": "nnUNetPlans_UC3DUNet"}))
+    rows = _cost_rows(capsys, "-d", "901", "-p", "nnUNetPlans_UC3DUNet")
+    assert [(r["network"], r["network_class"]) for r in rows] == [
+        ("plan", "UC3DUNet"), ("paper UXNet", "UXNet"), ("paper UC3DUNet", "UC3DUNet")]
+    assert rows[0]["parameters"] == count_parameters(UC3DUNet(1, 3, features=[2, 4, 8, 16, 32, 2])) == 152_539
 
 
 def test_a_paper_network_that_cannot_take_the_plans_patch_gets_no_counts(preprocessed, capsys):
