@@ -260,6 +260,20 @@ class _UCUNet(AbstractDynamicNetworkArchitectures):
     encoder: Union[PlainConvEncoder, ResidualEncoder]
     decoder: UCUNetDecoder
 
+    def _checked_plan(self, n_stages: int, features_per_stage: IntOrSeq, conv_op: Type[_ConvNd],
+                      kernel_sizes: Union[int, Sequence], strides: Union[int, Sequence], blocks: tuple[str, IntOrSeq],
+                      n_conv_per_stage_decoder: IntOrSeq, uc_stages, uc_depths, uc_slice_axis: str) -> tuple:
+        """The per-stage arch_kwargs as lists, checked as nnU-Net's networks assert them (errors name the entry):
+        (features_per_stage, kernel_sizes, strides, blocks per stage, n_conv_per_stage_decoder)."""
+        name = type(self).__name__
+        per_stage = [_per_stage(value, n_stages, entry, name)
+                     for entry, value in (("features_per_stage", features_per_stage), ("kernel_sizes", kernel_sizes),
+                                          ("strides", strides), blocks)]
+        decoder = _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder", name, "n_stages - 1")
+        _check_3d(conv_op, per_stage[1], per_stage[2], name)
+        _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis, n_stages, name)
+        return (*per_stage, decoder)
+
     def _build_decoder(self, num_classes: int, n_conv_per_stage_decoder: list, deep_supervision: bool,
                        uc_stages: Sequence[int], uc_depths: Sequence[int], uc_slice_axis: str,
                        nonlin_first: bool = False) -> None:
@@ -318,15 +332,9 @@ class UCPlainConvUNet(_UCUNet):
                  uc_stages: Sequence[int] | None = None, uc_depths: Sequence[int] | None = None,
                  uc_slice_axis: str = "first") -> None:
         super().__init__()
-        name = type(self).__name__
-        features_per_stage = _per_stage(features_per_stage, n_stages, "features_per_stage", name)
-        kernel_sizes = _per_stage(kernel_sizes, n_stages, "kernel_sizes", name)
-        strides = _per_stage(strides, n_stages, "strides", name)
-        n_conv_per_stage = _per_stage(n_conv_per_stage, n_stages, "n_conv_per_stage", name)
-        n_conv_per_stage_decoder = _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder",
-                                              name, "n_stages - 1")
-        _check_3d(conv_op, kernel_sizes, strides, name)
-        _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis, n_stages, name)
+        features_per_stage, kernel_sizes, strides, n_conv_per_stage, n_conv_per_stage_decoder = self._checked_plan(
+            n_stages, features_per_stage, conv_op, kernel_sizes, strides, ("n_conv_per_stage", n_conv_per_stage),
+            n_conv_per_stage_decoder, uc_stages, uc_depths, uc_slice_axis)
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stages.0"
         self.keys_to_in_proj = ("encoder.stages.0.0.convs.0.all_modules.0", "encoder.stages.0.0.convs.0.conv")
@@ -358,15 +366,9 @@ class UCResidualEncoderUNet(_UCUNet):
                  uc_stages: Sequence[int] | None = None, uc_depths: Sequence[int] | None = None,
                  uc_slice_axis: str = "first") -> None:
         super().__init__()
-        name = type(self).__name__
-        features_per_stage = _per_stage(features_per_stage, n_stages, "features_per_stage", name)
-        kernel_sizes = _per_stage(kernel_sizes, n_stages, "kernel_sizes", name)
-        strides = _per_stage(strides, n_stages, "strides", name)
-        n_blocks_per_stage = _per_stage(n_blocks_per_stage, n_stages, "n_blocks_per_stage", name)
-        n_conv_per_stage_decoder = _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder",
-                                              name, "n_stages - 1")
-        _check_3d(conv_op, kernel_sizes, strides, name)
-        _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis, n_stages, name)
+        features_per_stage, kernel_sizes, strides, n_blocks_per_stage, n_conv_per_stage_decoder = self._checked_plan(
+            n_stages, features_per_stage, conv_op, kernel_sizes, strides, ("n_blocks_per_stage", n_blocks_per_stage),
+            n_conv_per_stage_decoder, uc_stages, uc_depths, uc_slice_axis)
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stem"
         self.keys_to_in_proj = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")

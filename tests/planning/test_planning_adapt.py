@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from helpers.planning_examples import nnunet_folders_with_examples
 from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.planning import examples
 from nnunetv2_uc.planning.adapt import adapt_configuration, per_gpu_batch
@@ -25,10 +26,7 @@ def nnunet_plans(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet")
     cache: dict[tuple, tuple] = {}
     with pytest.MonkeyPatch.context() as mp:
-        for key in ("raw", "preprocessed", "results"):
-            mp.setenv(f"nnUNet_{key}", str(root / key))
-        for example in examples.EXAMPLES:
-            example.write(root / "raw", root / "preprocessed")
+        nnunet_folders_with_examples(root, mp)
 
         def planned(example: str, planner: str, target: float | None):
             key = (example, planner, target)

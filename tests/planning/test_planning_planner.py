@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.planning_examples import nnunet_folders_with_examples
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.planning import examples
 from nnunetv2_uc.planning.api import plan_datasets
@@ -27,10 +28,7 @@ def plan(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet")
     cache: dict[tuple, dict] = {}
     with pytest.MonkeyPatch.context() as mp:
-        for key in ("raw", "preprocessed", "results"):
-            mp.setenv(f"nnUNet_{key}", str(root / key))
-        for example in examples.EXAMPLES:
-            example.write(root / "raw", root / "preprocessed")
+        nnunet_folders_with_examples(root, mp)
 
         def planned(example: str, planner: str, target: float | None, network: str) -> dict:
             key = (example, planner, target, network)
