@@ -278,7 +278,7 @@ def test_demo_trainers_are_found_through_the_shim(monkeypatch: pytest.MonkeyPatc
         assert cls.__module__ == "nnunetv2_uc.trainers.demo_trainers" and cls.__name__ == name
 
 
-def test_demo_trainer_fixes_patch_batch_and_cpu_width_in_the_plans() -> None:
+def test_demo_trainer_fixes_patch_batch_in_the_plans_and_narrows_the_network_on_cpu() -> None:
     import torch
 
     def plans() -> dict:
@@ -290,8 +290,9 @@ def test_demo_trainer_fixes_patch_batch_and_cpu_width_in_the_plans() -> None:
     for config in (cpu["configurations"]["3d_fullres"], gpu["configurations"]["3d_fullres"]):
         assert config["patch_size"] == list(demo_trainers.DemoScheduleMixin.demo_patch_size)
         assert config["batch_size"] == 2 and config["uc_fixed_patch"] is True
-    assert cpu["configurations"]["3d_fullres"]["uc3dunet_kwargs"] == {"features": [8, 16, 32, 64, 128, 8]}
-    assert "uc3dunet_kwargs" not in gpu["configurations"]["3d_fullres"]  # paper width on a GPU
+    trainer = demo_trainers.nnUNetTrainerUC_demo
+    assert trainer.network_overrides(torch.device("cpu")) == {"features": [8, 16, 32, 64, 128, 8]}
+    assert trainer.network_overrides(torch.device("cuda")) == {}  # paper width on a GPU
 
 
 @pytest.mark.slow
