@@ -182,12 +182,13 @@ def test_plan_has_axes_that_are_not_multiples_of_16_and_trainers_adapt(pipeline)
     plans = json.loads((root / "preprocessed" / DATASET / "nnUNetPlans.json").read_text())
     planned = plans["configurations"]["3d_fullres"]["patch_size"]
     assert any(s % 16 for s in planned), planned
-    for trainer, key in ((UC, "uc3dunet_kwargs"), (UX, "uxnet_kwargs")):
+    for trainer, network_class in ((UC, "nnunetv2_uc.architectures.uc3dunet.UC3DUNet"),
+                                   (UX, "nnunetv2_uc.architectures.uxnet.UXNet")):
         used = json.loads((train_folder(root, trainer) / "plans.json").read_text())["configurations"]["3d_fullres"]
         assert used["patch_size"] == [16, 32, 32]
-        assert key in used
+        assert used["architecture"]["network_class_name"] == network_class  # the plans name the trained network
         log = newest_log(train_folder(root, trainer) / "fold_0")
-        assert f"rounded {planned} up to [16, 32, 32]" in log
+        assert f"{planned} -> [16, 32, 32]" in log
 
 
 @pytest.mark.parametrize("trainer", [UC, UX])
