@@ -18,7 +18,8 @@ from nnunetv2_uc.planning.budget import MemoryBudget, NnUNetReference, nnunet_co
 from nnunetv2_uc.planning.memory import GIB, CUDA_FP16_AUTOCAST, MemoryModels, Precision, TrainingMemoryModel
 from nnunetv2_uc.planning.networks import SGD_SLOTS, PlannableNetwork
 from nnunetv2_uc.planning.search import (
-    MIN_BATCH_SIZE, NoValidPatch, first_that_fits, round_up, shrink_sequence, valid_start,
+    MIN_BATCH_SIZE, NoValidPatch, first_that_fits, largest_batch_that_fits, round_up, shrink_sequence,
+    valid_start,
 )
 
 
@@ -118,9 +119,7 @@ def adapt_configuration(configuration: dict, network: PlannableNetwork, input_ch
             f"-d D --network {network.name} -gpu_memory_target GB`, or set 'uc_fixed_patch': true with your own "
             f"patch_size/batch_size in the configuration (`nnunetv2_uc plans-override`)")
     patch = sequence[index]
-    fixed = memory(patch, 0)
-    per_sample = memory(patch, 1) - fixed
-    per_gpu = max(minimum, min(wanted, int((budget_bytes - fixed) // per_sample)))
+    per_gpu = max(minimum, min(wanted, largest_batch_that_fits(memory, patch, budget_bytes)))
     if per_gpu < wanted and patch == start:
         reasons.append(f"lowered the batch per GPU from {wanted} to {per_gpu} so that the planned patch fits")
     if patch != start:

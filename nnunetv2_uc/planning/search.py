@@ -119,6 +119,12 @@ def first_that_fits(sequence: list[tuple[int, ...]], fits: Callable[[tuple[int, 
     return high
 
 
+def largest_batch_that_fits(memory: MemoryFn, patch: tuple[int, ...], budget_bytes: int) -> int:
+    """The largest batch whose ``memory(patch, batch)`` (affine in the batch) stays within the budget."""
+    fixed = memory(patch, 0)
+    return int((budget_bytes - fixed) // (memory(patch, 1) - fixed))
+
+
 def search_patch_and_batch(spacing: Sequence[float], median_shape: Sequence[float], divisors: Sequence[int],
                            problems: ShapeProblemsFn, memory: MemoryFn, budget_bytes: int,
                            dataset_voxels: float, max_dataset_covered: float, min_batch_size: int = MIN_BATCH_SIZE
@@ -139,9 +145,7 @@ def search_patch_and_batch(spacing: Sequence[float], median_shape: Sequence[floa
         smallest = sequence[-1]
         raise NoPatchFits(smallest, min_batch_size, memory(smallest, min_batch_size), budget_bytes)
     patch = sequence[index]
-    fixed = memory(patch, 0)
-    per_sample = memory(patch, 1) - fixed
-    by_memory = int((budget_bytes - fixed) // per_sample)
+    by_memory = largest_batch_that_fits(memory, patch, budget_bytes)
     by_dataset = round(dataset_voxels * max_dataset_covered / float(np.prod(patch, dtype=np.float64)))
     batch = max(min(by_memory, by_dataset), min_batch_size)
     limited_by = ("minimum batch size" if batch == min_batch_size and min(by_memory, by_dataset) < min_batch_size
