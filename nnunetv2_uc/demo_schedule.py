@@ -93,6 +93,32 @@ def median_duration(work: Callable[[], object], repeats: int, clock: Callable[[]
     return statistics.median(durations)
 
 
+def fastest_thread_count(seconds_per_iteration: Callable[[int], float], threads: int) -> tuple[int, dict[int, float]]:
+    """The thread count to train with: start from ``threads`` and halve while that makes an iteration faster.
+
+    On a CPU that other processes share, fewer threads are often faster: with every core busy, each parallel
+    region waits for its slowest thread. ``seconds_per_iteration(n)`` times iterations with ``n`` threads.
+    Returns the chosen count and every timing, ``{threads: seconds}``.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    timings = {threads: seconds_per_iteration(threads)}
+    best = threads
+    while best > 1:
+        candidate = best // 2
+        timings[candidate] = seconds_per_iteration(candidate)
+        if timings[candidate] >= timings[best]:
+            break
+        best = candidate
+    return best, timings
+
+
+def describe_threads(chosen: int, timings: dict[int, float]) -> str:
+    """One line for the log: every timing and the choice."""
+    tried = ", ".join(f"{n} thread{'s' * (n != 1)} {s:.2f} s" for n, s in sorted(timings.items(), reverse=True))
+    return f"seconds per training iteration with {tried}: training with {chosen} thread{'s' * (chosen != 1)}"
+
+
 def epoch_seconds(iterations: int, val_iterations: int, seconds_per_iteration: float) -> float:
     """One epoch: training iterations, validation batches (a forward pass: a third of an iteration), overhead."""
     return seconds_per_iteration * (iterations + val_iterations / 3.0) + EPOCH_OVERHEAD_S

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # uC on nnU-Net's own network, on the demo's synthetic CT: nnU-Net's default network, the same plan with uC
-# connections, and the paper UC3DUNet, trained alike and compared (README: "uC on nnU-Net's own network").
+# connections, and the paper UC3DUNet, trained alike and compared; the two nnU-Net networks once with nnU-Net's SGD
+# recipe and once with the paper network's AdamW (README: "uC on nnU-Net's own network").
 #
 #   scripts/uc_on_nnunet_evidence.sh [WORKDIR]        (default ./uc_evidence; DEVICE=cuda to train on a GPU;
-#                                                      EPOCHS=20 ITERATIONS=40 per training, the same for all three;
-#                                                      PARALLEL=1 trains the three at once, which on a CPU shared
+#                                                      EPOCHS=20 ITERATIONS=40 per training, the same for all five;
+#                                                      PARALLEL=1 trains the five at once, which on a CPU shared
 #                                                      with other jobs gets them more of it; times are then those
 #                                                      of concurrent runs)
 #
@@ -14,7 +15,7 @@
 #      batch 2, nnU-Net's topology for that patch with widths 8..128 (the paper UC3DUNet at the same patch and batch,
 #      widths [8, 16, 32, 64, 128, 8]: a third of the paper's, the demo's CPU width); nnUNetPlans_evidence_UCUNet =
 #      the same plans with uC connections and nothing else changed (`nnunetv2_uc plan --network uc-nnunet` would
-#      re-plan patch and batch for a GPU); all three train on the same preprocessed data
+#      re-plan patch and batch for a GPU); all five train on the same preprocessed data
 #   3. nnunetv2_uc cost -d 990 -p nnUNetPlans_evidence (the plan's network, its uC version, the paper networks)
 #   4. fold 0 of each model (nnUNetv2_train, EPOCHS x ITERATIONS: scripts/uc_evidence_trainers/), then
 #      nnUNetv2_predict of the 6 held-out cases and nnunetv2_uc evaluate of those against labelsTs
@@ -34,7 +35,9 @@ UC_PLANS=nnUNetPlans_evidence_UCUNet
 # model name in the comparison (TRAINER or TRAINER__PLANS) -> "trainer plans"
 MODELS=("nnUNetTrainer_evidence:nnUNetTrainer_evidence $BASE_PLANS"
         "nnUNetTrainer_evidence__$UC_PLANS:nnUNetTrainer_evidence $UC_PLANS"
-        "nnUNetTrainerUC_evidence:nnUNetTrainerUC_evidence $BASE_PLANS")
+        "nnUNetTrainerUC_evidence:nnUNetTrainerUC_evidence $BASE_PLANS"
+        "nnUNetTrainerAdamW_evidence:nnUNetTrainerAdamW_evidence $BASE_PLANS"
+        "nnUNetTrainerAdamW_evidence__$UC_PLANS:nnUNetTrainerAdamW_evidence $UC_PLANS")
 
 mkdir -p "$WORK"
 export nnUNet_raw=$WORK/nnUNet_raw nnUNet_preprocessed=$WORK/nnUNet_preprocessed nnUNet_results=$WORK/nnUNet_results

@@ -10,7 +10,9 @@ minutes-long run on a few CPU cores needs:
   the demo's Dice on the synthetic data whatever the machine's speed, and a higher AdamW learning rate than
   the plugin recipe's 5e-4 (tuned for 1000 x 250 iterations);
 - no mirroring (neither as augmentation nor as test-time augmentation): the synthetic anatomy is lateralised
-  and a short schedule learns faster without it.
+  and a short schedule learns faster without it;
+- on the CPU, the thread count that trains fastest on this machine now: nnUNetv2_train uses every core, and
+  with another process busy on the same cores fewer threads are faster (measured before training).
 
 Time is estimated, never cut: before training the trainer times a few real training iterations and one
 inference tile, prints the expected time of the rest of the demo (training, final validation, prediction,
@@ -148,15 +150,29 @@ class DemoScheduleMixin:
             seconds_left=seconds_left, when_short=self.demo_when_short)
 
     def measure(self) -> Measurement:
-        """Time real training iterations (they count as training) and one inference tile (batch 1)."""
+        """Time real training iterations (they count as training) and one inference tile (batch 1). On the CPU,
+        first choose the thread count that trains fastest on this machine now (``fastest_thread_count``)."""
         def clock() -> float:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             return perf_counter()
 
+        def seconds_per_iteration(threads: int | None = None) -> float:
+            if threads is not None:
+                torch.set_num_threads(threads)
+            return demo_schedule.median_duration(
+                lambda: self.train_step(next(self.dataloader_train)), CALIBRATION_STEPS, clock)
+
         self.network.train()
-        per_iteration = demo_schedule.median_duration(
-            lambda: self.train_step(next(self.dataloader_train)), CALIBRATION_STEPS, clock)
+        if self.device.type == "cpu":
+            threads, timings = demo_schedule.fastest_thread_count(seconds_per_iteration, torch.get_num_threads())
+            torch.set_num_threads(threads)
+            self.demo_threads = {"chosen": threads, "seconds_per_iteration": timings}
+            self.print_to_log_file("[nnunetv2_uc demo] " + demo_schedule.describe_threads(threads, timings),
+                                   also_print_to_console=True)
+            per_iteration = timings[threads]
+        else:
+            per_iteration = seconds_per_iteration()
         tile = torch.zeros((1, self.num_input_channels, *self.configuration_manager.patch_size), device=self.device)
         self.network.eval()
         with torch.no_grad():
@@ -175,7 +191,8 @@ class DemoScheduleMixin:
                                  "after_training": decision.estimate.after_training_s},
                   "needed_s": {"training": decision.needed.training_s,
                                "after_training": decision.needed.after_training_s},
-                  "seconds_left": decision.seconds_left, "message": decision.message}
+                  "seconds_left": decision.seconds_left, "message": decision.message,
+                  "cpu_threads": getattr(self, "demo_threads", None)}
         with open(os.path.join(self.output_folder, ESTIMATE_FILE), "w") as handle:
             json.dump(record, handle, indent=2)
 

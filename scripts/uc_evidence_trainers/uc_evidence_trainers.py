@@ -10,6 +10,9 @@ as a bare module. Each trainer keeps its parent's recipe and changes only the sc
 
 ``nnUNetTrainer_evidence``: nnU-Net's ``nnUNetTrainer`` (SGD Nesterov 0.99, lr 1e-2, poly LR, deep supervision);
 it trains whatever network the plans name: nnU-Net's PlainConvUNet, or its uC version with ``-p ..._UCUNet``.
+``nnUNetTrainerAdamW_evidence``: the same nnU-Net trainer with only the optimizer changed to the plugin's AdamW recipe
+(eps 1e-4, wd 3e-5, poly LR) at lr 3e-3, so that the nnU-Net networks, with and without uC, can also be compared
+under the recipe of the paper network (deep supervision stays on).
 ``nnUNetTrainerUC_evidence``: the plugin's ``nnUNetTrainerUC`` (paper UC3DUNet, no deep supervision, AdamW eps 1e-4,
 wd 3e-5, poly LR) at the demo's AdamW lr 3e-3 (the plugin default 5e-4 is tuned for 1000 x 250 iterations; 3e-3 is
 what the demo measured to converge within 800 iterations at this width).
@@ -17,6 +20,7 @@ what the demo measured to converge within 800 iterations at this width).
 import os
 
 import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_uc.trainers.uc_trainers import nnUNetTrainerUC
@@ -48,6 +52,16 @@ class EvidenceScheduleMixin:
 
 class nnUNetTrainer_evidence(EvidenceScheduleMixin, nnUNetTrainer):
     """nnU-Net's default recipe (SGD, deep supervision) on the evidence schedule."""
+
+
+class nnUNetTrainerAdamW_evidence(EvidenceScheduleMixin, nnUNetTrainer):
+    """nnU-Net's recipe (deep supervision, loss, sampling) with the plugin's AdamW at lr 3e-3 instead of SGD."""
+
+    evidence_initial_lr = 3e-3
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=3e-5, eps=1e-4)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
 
 class nnUNetTrainerUC_evidence(EvidenceScheduleMixin, nnUNetTrainerUC):

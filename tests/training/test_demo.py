@@ -178,6 +178,32 @@ def test_timing_skips_the_warm_up_and_takes_the_median() -> None:
         demo_schedule.median_duration(clock.work([1.0]), 0, clock)
 
 
+def test_threads_are_halved_while_that_trains_faster() -> None:
+    def timer(seconds: dict[int, float]):
+        calls = []
+
+        def seconds_per_iteration(threads: int) -> float:
+            calls.append(threads)
+            return seconds[threads]
+        return seconds_per_iteration, calls
+
+    # idle 2 cores: two threads are faster, one is tried and rejected
+    timed, calls = timer({2: 0.54, 1: 0.81})
+    assert demo_schedule.fastest_thread_count(timed, 2) == (2, {2: 0.54, 1: 0.81}) and calls == [2, 1]
+    # a CPU-bound process beside it (measured: 1.00 s with 2 threads, 0.82 s with 1)
+    timed, calls = timer({2: 1.00, 1: 0.82})
+    assert demo_schedule.fastest_thread_count(timed, 2)[0] == 1
+    # 16 cores: halving stops at the first count that is not faster
+    timed, calls = timer({16: 0.9, 8: 0.5, 4: 0.6, 2: 0.1})
+    assert demo_schedule.fastest_thread_count(timed, 16) == (8, {16: 0.9, 8: 0.5, 4: 0.6}) and calls == [16, 8, 4]
+    timed, calls = timer({1: 0.7})
+    assert demo_schedule.fastest_thread_count(timed, 1) == (1, {1: 0.7})
+    with pytest.raises(ValueError):
+        demo_schedule.fastest_thread_count(timed, 0)
+    assert demo_schedule.describe_threads(1, {2: 1.0, 1: 0.82}) == (
+        "seconds per training iteration with 2 threads 1.00 s, 1 thread 0.82 s: training with 1 thread")
+
+
 SCHEDULE = Schedule(epochs=20, iterations=30, val_iterations=3)
 FAST = Measurement(seconds_per_iteration=0.5, seconds_per_tile=0.1)
 
@@ -312,6 +338,9 @@ def test_demo_end_to_end_with_the_stock_commands_then_reuse(tmp_path: Path) -> N
     estimate = json.loads(next(workdir.glob("nnUNet_results/*/*/fold_0/demo_estimate.json")).read_text())
     assert estimate["action"] == "fewer"
     assert 1 <= estimate["iterations_per_epoch"] < estimate["schedule"]["iterations"]
+    threads = estimate["cpu_threads"]  # the thread count was measured on this machine before training
+    assert threads["chosen"] in {int(n) for n in threads["seconds_per_iteration"]}
+    assert "seconds per training iteration with" in first.stdout
     for step in ("synth", "plan", "train", "predict", "evaluate", "report"):
         assert f"] {step}: done in" in first.stdout
     summary = json.loads((workdir / "evaluation.json").read_text())
