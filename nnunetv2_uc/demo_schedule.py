@@ -151,8 +151,13 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+#: what follows training: with and without nnU-Net's final validation (the demo trainer skips it on the CPU)
+AFTER_WITH_VALIDATION = "the final validation, prediction and evaluation"
+AFTER_WITHOUT_VALIDATION = "prediction and evaluation"
+
+
 def decide(schedule: Schedule, epochs_left: int, measurement: Measurement, cases_after: int, tiles_per_case: int,
-           seconds_left: float | None, when_short: str) -> Decision:
+           seconds_left: float | None, when_short: str, after: str = AFTER_WITH_VALIDATION) -> Decision:
     """Run the full schedule when it fits ``seconds_left`` (or there is no bound); otherwise stop or, with
     ``when_short == "fewer"``, shorten every epoch to what fits, saying that Dice will be lower."""
     if when_short not in WHEN_SHORT_CHOICES:
@@ -160,7 +165,7 @@ def decide(schedule: Schedule, epochs_left: int, measurement: Measurement, cases
     needed = estimate(schedule, schedule.iterations, epochs_left, measurement, cases_after, tiles_per_case)
     plan = (f"{epochs_left} epochs x {schedule.iterations} iterations at {measurement.seconds_per_iteration:.2f} s "
             f"per iteration: training about {minutes(needed.training_s)}, then about "
-            f"{minutes(needed.after_training_s)} for the final validation, prediction and evaluation: about "
+            f"{minutes(needed.after_training_s)} for {after}: about "
             f"{minutes(needed.total_s)} in all")
     if seconds_left is None or needed.total_s <= seconds_left:
         bound = "" if seconds_left is None else f" (within the {minutes(seconds_left)} left of --minutes)"
@@ -181,10 +186,10 @@ def decide(schedule: Schedule, epochs_left: int, measurement: Measurement, cases
 
 
 def progress(epoch_done: int, epochs: int, mean_epoch_s: float, planned_epoch_s: float,
-             after_training_s: float) -> str:
+             after_training_s: float, after: str = AFTER_WITH_VALIDATION) -> str:
     """One line after an epoch: how far, and the time left. Training from the measured epochs; what follows from
     the up-front estimate, scaled by how much slower (or faster) the epochs are than planned."""
     left = (epochs - epoch_done) * mean_epoch_s
-    after = after_training_s * mean_epoch_s / max(planned_epoch_s, 1e-9)
+    after_s = after_training_s * mean_epoch_s / max(planned_epoch_s, 1e-9)
     return (f"epoch {epoch_done}/{epochs} done ({mean_epoch_s:.1f} s per epoch): about {minutes(left)} of "
-            f"training left, then about {minutes(after)} for validation, prediction and evaluation")
+            f"training left, then about {minutes(after_s)} for {after}")

@@ -263,10 +263,16 @@ def test_when_nothing_fits_one_iteration_per_epoch_runs_and_says_it_is_over() ->
 def test_progress_reports_the_time_left() -> None:
     line = demo_schedule.progress(5, 20, mean_epoch_s=12.0, planned_epoch_s=12.0, after_training_s=90.0)
     assert line == ("epoch 5/20 done (12.0 s per epoch): about 3.0 min of training left, then about 1.5 min for "
-                    "validation, prediction and evaluation")
+                    "the final validation, prediction and evaluation")
     # the machine got twice as slow as measured before training: what follows training will too
     slower = demo_schedule.progress(5, 20, mean_epoch_s=24.0, planned_epoch_s=12.0, after_training_s=90.0)
     assert "about 6.0 min of training left, then about 3.0 min for" in slower
+    # on the CPU the demo trainer skips nnU-Net's final validation, and says so
+    cpu = demo_schedule.progress(5, 20, 12.0, 12.0, 90.0, after=demo_schedule.AFTER_WITHOUT_VALIDATION)
+    assert cpu.endswith("then about 1.5 min for prediction and evaluation")
+    decision = demo_schedule.decide(SCHEDULE, 20, FAST, 6, 18, seconds_left=None, when_short="stop",
+                                    after=demo_schedule.AFTER_WITHOUT_VALIDATION)
+    assert "for prediction and evaluation: about" in decision.message and "validation" not in decision.message
 
 
 def test_sliding_window_tiles_follow_nnunets_steps() -> None:
@@ -341,6 +347,8 @@ def test_demo_end_to_end_with_the_stock_commands_then_reuse(tmp_path: Path) -> N
     threads = estimate["cpu_threads"]  # the thread count was measured on this machine before training
     assert threads["chosen"] in {int(n) for n in threads["seconds_per_iteration"]}
     assert "seconds per training iteration with" in first.stdout
+    assert "final validation skipped on the CPU" in first.stdout
+    assert not list(workdir.glob("nnUNet_results/*/*/fold_0/validation/summary.json"))
     for step in ("synth", "plan", "train", "predict", "evaluate", "report"):
         assert f"] {step}: done in" in first.stdout
     summary = json.loads((workdir / "evaluation.json").read_text())

@@ -1,0 +1,58 @@
+"""EXPERIMENT: does a network of the evidence plans fit a few fixed batches, under SGD or AdamW? (README: "uC on
+nnU-Net's own network"). Run after scripts/uc_on_nnunet_evidence.sh, with its nnUNet_* folders:
+
+    nnUNet_raw=W/nnUNet_raw nnUNet_preprocessed=W/nnUNet_preprocessed nnUNet_results=/tmp/probe nnUNet_n_proc_DA=1 \
+        python scripts/uc_evidence_probe.py nnUNetPlans_evidence_UCUNet 250 sgd
+
+It builds nnU-Net's trainer (nnUNetTrainer_evidence) for PLANS, draws 4 training batches from nnU-Net's data loader
+(its augmentation is not seeded, so every run draws other batches), then trains STEPS steps cycling over them with
+nnU-Net's loss (deep supervision) and gradient clipping, with nnU-Net's SGD (lr 1e-2, Nesterov 0.99) or the AdamW
+of the plugin recipe (lr 3e-3, eps 1e-4, wd 3e-5), at a constant learning rate. Every 25 steps it prints the loss and
+the fraction of the batch's first case predicted as each foreground label (0 everywhere = background collapse).
+"""
+import os
+import sys
+import time
+
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "uc_evidence_trainers"))
+from uc_evidence_trainers import nnUNetTrainer_evidence  # noqa: E402
+
+N_BATCHES = 4
+
+
+def main(plans_name: str, steps: int, optimizer: str) -> None:
+    folder = join(os.environ["nnUNet_preprocessed"], "Dataset990_SyntheticCT")
+    plans = load_json(join(folder, plans_name + ".json"))
+    plans["continue_training"] = False  # nnUNetv2_train's run_training adds this entry
+    torch.manual_seed(0)
+    trainer = nnUNetTrainer_evidence(plans, "3d_fullres", 0, load_json(join(folder, "dataset.json")),
+                                     torch.device("cpu"))
+    trainer.initialize()
+    network = trainer.network
+    if optimizer == "adamw":
+        trainer.optimizer = torch.optim.AdamW(network.parameters(), 3e-3, weight_decay=3e-5, eps=1e-4)
+    loader, _ = trainer.get_dataloaders()
+    batches = [next(loader) for _ in range(N_BATCHES)]
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = batches[step % N_BATCHES]
+        trainer.optimizer.zero_grad(set_to_none=True)
+        output = network(batch["data"])
+        loss = trainer.loss(output, batch["target"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        trainer.optimizer.step()
+        if step % 25 == 0 or step == steps - 1:
+            predicted = output[0][0].argmax(0)
+            fractions = [round((predicted == c).float().mean().item(), 4) for c in range(1, output[0].shape[1])]
+            print(f"step {step} loss {loss.item():.4f} predicted foreground fractions {fractions} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[3] not in ("sgd", "adamw"):
+        sys.exit("usage: uc_evidence_probe.py PLANS STEPS sgd|adamw")
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
