@@ -363,3 +363,12 @@ def test_demo_end_to_end_with_the_stock_commands_then_reuse(tmp_path: Path) -> N
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert second.stdout.count("reused (already done)") == 5  # all but the report
+
+    # the skipped validation is one command away, as the log says
+    paths = demo.DemoPaths(workdir, "nnUNetTrainerUC_demo")
+    validate = subprocess.run([demo.executable("nnUNetv2_train"), "990", "3d_fullres", "0", "-tr", "nnUNetTrainerUC_demo",
+                               "--val", "-device", "cpu"], env=demo.pipeline_env(paths, "cpu"), capture_output=True,
+                              text=True, timeout=600)
+    assert validate.returncode == 0, validate.stdout[-3000:] + validate.stderr[-3000:]
+    validation = json.loads((paths.fold_dir / "validation" / "summary.json").read_text())
+    assert set(validation["mean"]) == {"1", "2", "3", "4"}
