@@ -6,8 +6,9 @@ nnU-Net's own network"). Run after scripts/uc_on_nnunet_evidence.sh, with its nn
 
 It builds nnU-Net's trainer (nnUNetTrainer_evidence) for PLANS, draws 4 training batches from nnU-Net's data loader
 (its augmentation is not seeded, so every run draws other batches), then trains STEPS steps cycling over them with
-nnU-Net's loss (deep supervision) and gradient clipping, with nnU-Net's SGD (lr 1e-2, Nesterov 0.99) or the AdamW
-of the plugin recipe (lr 3e-3, eps 1e-4, wd 3e-5), at a constant learning rate. Every 25 steps it prints the loss and
+nnU-Net's loss (deep supervision) and gradient clipping, with the optimizer of nnUNetTrainer_evidence (nnU-Net's SGD,
+lr 1e-2, Nesterov 0.99) or of nnUNetTrainerAdamW_evidence (the plugin recipe's AdamW at lr 3e-3), at a constant
+learning rate. Every 25 steps it prints the loss and
 the fraction of the batch's first case predicted as each foreground label (0 everywhere = background collapse).
 """
 import os
@@ -18,9 +19,10 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "uc_evidence_trainers"))
-from uc_evidence_trainers import nnUNetTrainer_evidence  # noqa: E402
+from uc_evidence_trainers import nnUNetTrainer_evidence, nnUNetTrainerAdamW_evidence  # noqa: E402
 
 N_BATCHES = 4
+TRAINERS = {"sgd": nnUNetTrainer_evidence, "adamw": nnUNetTrainerAdamW_evidence}
 
 
 def main(plans_name: str, steps: int, optimizer: str) -> None:
@@ -28,12 +30,10 @@ def main(plans_name: str, steps: int, optimizer: str) -> None:
     plans = load_json(join(folder, plans_name + ".json"))
     plans["continue_training"] = False  # nnUNetv2_train's run_training adds this entry
     torch.manual_seed(0)
-    trainer = nnUNetTrainer_evidence(plans, "3d_fullres", 0, load_json(join(folder, "dataset.json")),
-                                     torch.device("cpu"))
-    trainer.initialize()
+    trainer_class = TRAINERS[optimizer]
+    trainer = trainer_class(plans, "3d_fullres", 0, load_json(join(folder, "dataset.json")), torch.device("cpu"))
+    trainer.initialize()  # the trainer's optimizer; its poly LR scheduler is never stepped: constant LR
     network = trainer.network
-    if optimizer == "adamw":
-        trainer.optimizer = torch.optim.AdamW(network.parameters(), 3e-3, weight_decay=3e-5, eps=1e-4)
     loader, _ = trainer.get_dataloaders()
     batches = [next(loader) for _ in range(N_BATCHES)]
     start = time.perf_counter()
@@ -53,6 +53,6 @@ def main(plans_name: str, steps: int, optimizer: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[3] not in ("sgd", "adamw"):
+    if len(sys.argv) != 4 or sys.argv[3] not in TRAINERS:
         sys.exit("usage: uc_evidence_probe.py PLANS STEPS sgd|adamw")
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -47,6 +47,18 @@ def _ddp_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+
+ADAMW_WEIGHT_DECAY = 3e-5
+ADAMW_EPS = 1e-4
+
+
+def adamw_with_poly_lr(parameters, initial_lr: float, num_epochs: int, weight_decay: float = ADAMW_WEIGHT_DECAY,
+                       eps: float = ADAMW_EPS) -> tuple[torch.optim.Optimizer, PolyLRScheduler]:
+    """The plugin recipe's optimizer: AdamW with nnU-Net's poly LR (exponent 0.9) over ``num_epochs``."""
+    optimizer = torch.optim.AdamW(parameters, lr=initial_lr, weight_decay=weight_decay, eps=eps)
+    return optimizer, PolyLRScheduler(optimizer, initial_lr, num_epochs)
+
+
 class PaperNetworkTrainer(nnUNetTrainer):
     """nnU-Net's full pipeline with a paper network (or the plugin network the plans name), AdamW + poly LR.
 
@@ -72,8 +84,8 @@ class PaperNetworkTrainer(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = prepared.deep_supervision
         self.initial_lr = 5e-4
-        self.weight_decay = 3e-5
-        self.adam_eps = 1e-4
+        self.weight_decay = ADAMW_WEIGHT_DECAY
+        self.adam_eps = ADAMW_EPS
         self.prepared_plans = prepared
         self._log_preparation(prepared)
         self.configure_recipe()
@@ -117,9 +129,8 @@ class PaperNetworkTrainer(nnUNetTrainer):
         super().on_train_start()
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr,
-                                      weight_decay=self.weight_decay, eps=self.adam_eps)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return adamw_with_poly_lr(self.network.parameters(), self.initial_lr, self.num_epochs, self.weight_decay,
+                                  self.adam_eps)
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """nnU-Net's switch where the network has deep supervision; the paper networks have none (stays off)."""

@@ -20,9 +20,9 @@ what the demo measured to converge within 800 iterations at this width).
 import os
 
 import torch
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_uc.trainers.base import adamw_with_poly_lr
 from nnunetv2_uc.trainers.uc_trainers import nnUNetTrainerUC
 
 EPOCHS = int(os.environ.get("UC_EVIDENCE_EPOCHS", "20"))
@@ -60,8 +60,7 @@ class nnUNetTrainerAdamW_evidence(EvidenceScheduleMixin, nnUNetTrainer):
     evidence_initial_lr = 3e-3
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=3e-5, eps=1e-4)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return adamw_with_poly_lr(self.network.parameters(), self.initial_lr, self.num_epochs)
 
 
 class nnUNetTrainerUC_evidence(EvidenceScheduleMixin, nnUNetTrainerUC):
