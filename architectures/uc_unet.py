@@ -1,16 +1,31 @@
 """uC connections on nnU-Net's self-configured U-Nets, with nnU-Net's deep supervision.
 
 ``UCPlainConvUNet`` and ``UCResidualEncoderUNet`` take the arch_kwargs of an nnU-Net plan for
-``PlainConvUNet`` / ``ResidualEncoderUNet`` unchanged, plus three uC entries, and build that plan's encoder and
+``PlainConvUNet`` / ``ResidualEncoderUNet`` unchanged, plus the uC entries, and build that plan's encoder and
 decoder (dynamic-network-architectures' ``PlainConvEncoder`` / ``ResidualEncoder`` and ``UNetDecoder``). The
-skips of the ``uc_stages`` change, as in the uC paper (spec/architectures.md sections 2.2-2.3):
+skips of the ``uc_stages`` pass through a uC (one shared 2-D U-Net over every in-plane slice) fused with the
+upsampled map by DFi (spec/architectures.md sections 2.2-2.3). ``uc_fusion`` says how the result enters the
+decoder stage:
 
-    skip' = uC(skip)             one shared 2-D U-Net over every in-plane slice; replaces the skip (no residual)
-    fused = DFi(upsampled, skip')  gated fusion, features_per_stage[s] channels, instead of cat[upsampled, skip]
-    that decoder stage's convs take features_per_stage[s] channels instead of 2 * features_per_stage[s]
+    "residual" (what ``uc_arch_kwargs`` plans):
+        skip' = skip + gamma * (DFi(up, uC(skip)) - skip)   gamma: one scale per channel, zero at initialisation
+        that decoder stage reads cat[up, skip'] with nnU-Net's 2 * features_per_stage[s] input channels
+    At initialisation gamma = 0, so the network computes exactly nnU-Net's network of the same plan (its
+    parameters keep nnU-Net's names and shapes; a plain checkpoint loads with only the uC parameters missing),
+    and it trains from there under nnU-Net's SGD recipe. gamma = 1 is the paper's "replace" below; training
+    moves each channel between the two.
 
-Every other part is nnU-Net's: transposed-conv upsampling, stage convs, one segmentation layer per decoder
-stage, deep supervision (``decoder.deep_supervision``, which nnU-Net's trainer toggles), He init.
+    "replace" (plans written before ``uc_fusion`` existed; the key absent means this):
+        fused = DFi(up, uC(skip)) replaces cat[up, skip]; that decoder stage's convs take features_per_stage[s]
+        channels. Under nnU-Net's SGD (momentum 0.99) this version collapsed to background on the evidence data
+        (README "uC on nnU-Net's own network"): every loss-carrying head reads a map gated by a sigmoid, with no
+        path around it.
+
+Where both differ from the paper's ``UC3DUNet`` (uc3dunet.py): the paper fuses by DFi on its levels 1-3 and
+concatenates at level 0, on its own fixed 5-level encoder; here every uC level fuses by DFi on the topology
+nnU-Net planned (its strides, widths, kernels and depth), and the levels are those whose in-plane map is large
+enough. Every other part is nnU-Net's: transposed-conv upsampling, stage convs, one segmentation layer per
+decoder stage, deep supervision (``decoder.deep_supervision``, which nnU-Net's trainer toggles), He init.
 
 Tensors are (B, C, D0, D1, D2), nnU-Net's (z, y, x) with the coarsest-spacing axis first. With
 ``uc_slice_axis="first"`` the 2-D U-Nets run on the (D1, D2) in-plane slices.
@@ -22,6 +37,7 @@ The entries a plan adds to arch_kwargs (``uc_arch_kwargs`` derives them from the
                    >= 4 voxels at the planned patch. Its widths start at features_per_stage[s] and double per
                    level, capped at max(features_per_stage).
     uc_slice_axis  "first" (default: in-plane slices of nnU-Net's tensors) or "last" (the original's fold).
+    uc_fusion      "residual" (planned) or "replace" (absent: plans written before it existed).
 
 A plan then names ``nnunetv2_uc.architectures.uc_unet.UCPlainConvUNet`` (or ``UCResidualEncoderUNet``) as its
 ``network_class_name``; nnU-Net's ``get_network_from_plans`` builds and He-initialises it.
@@ -50,6 +66,9 @@ from nnunetv2_uc.errors import UserError
 
 MIN_POOLED_PLANE = 4  # a uC's 2-D U-Net pools while the smaller in-plane side stays >= 4 voxels
 MIN_DEFAULT_PLANE = 16  # default uC stages: in-plane map >= 16 voxels at the planned patch
+UC_FUSIONS = ("residual", "replace")  # how a uC skip enters its decoder stage (module docstring)
+PLANNED_FUSION = "residual"  # what new plans get
+LEGACY_FUSION = "replace"  # what plans without uc_fusion (written before it existed) build
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -89,8 +108,9 @@ def uc_widths(stage_width: int, depth: int, max_width: int) -> list[int]:
 
 
 def uc_arch_kwargs(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
-                   uc_stages: Sequence[int] | None = None, slice_axis: str = "first") -> dict:
-    """The uC entries for a 3-D plan's arch_kwargs: ``{"uc_stages", "uc_depths", "uc_slice_axis"}``.
+                   uc_stages: Sequence[int] | None = None, slice_axis: str = "first",
+                   fusion: str = PLANNED_FUSION) -> dict:
+    """The uC entries for a 3-D plan's arch_kwargs: ``{"uc_stages", "uc_depths", "uc_slice_axis", "uc_fusion"}``.
 
     ``patch_size`` and ``strides`` are the configuration's ``patch_size`` and ``arch_kwargs["strides"]``.
     ``uc_stages`` None: every skip stage whose in-plane map is at least 16 voxels; chosen stages need at least
@@ -105,6 +125,8 @@ def uc_arch_kwargs(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
                               f"3-D configuration as patch_size {list(patch_size)}")
     if slice_axis not in SLICE_AXES:
         raise UCPlanError(f"uc_slice_axis must be one of {SLICE_AXES}, got {slice_axis!r}")
+    if fusion not in UC_FUSIONS:
+        raise UCPlanError(f"uc_fusion must be one of {UC_FUSIONS}, got {fusion!r}")
     axes = in_plane_axes(slice_axis)
     sizes = stage_sizes(patch_size, strides)
     planes = [min(size[a] for a in axes) for size in sizes[:-1]]  # the bottleneck has no skip
@@ -127,7 +149,8 @@ def uc_arch_kwargs(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
                 f"of at least {2 * MIN_POOLED_PLANE} to pool once to {MIN_POOLED_PLANE}. Drop stage {s} from "
                 f"uc_stages or enlarge patch_size on axes {axes}")
         depths.append(depth)
-    return {"uc_stages": [int(s) for s in uc_stages], "uc_depths": depths, "uc_slice_axis": slice_axis}
+    return {"uc_stages": [int(s) for s in uc_stages], "uc_depths": depths, "uc_slice_axis": slice_axis,
+            "uc_fusion": fusion}
 
 
 def _check_uc_stages(uc_stages: Sequence[int], n_stages: int) -> None:
@@ -160,7 +183,7 @@ def _check_3d(conv_op: Type[_ConvNd], kernel_sizes: list, strides: list, network
                                   f"entries of a 3-D configuration")
 
 
-def _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis: str, n_stages: int, network: str) -> None:
+def _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis: str, uc_fusion: str, n_stages: int, network: str) -> None:
     if uc_stages is None or uc_depths is None:
         raise UCPlanError(f"{network} needs arch_kwargs uc_stages and uc_depths; add them to the plan's "
                           f"arch_kwargs with nnunetv2_uc.architectures.uc_unet.uc_arch_kwargs(patch_size, strides)")
@@ -170,29 +193,75 @@ def _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis: str, n_stages: int, ne
                           f"entry of uc_stages {list(uc_stages)}; derive both with uc_arch_kwargs(patch_size, strides)")
     if uc_slice_axis not in SLICE_AXES:
         raise UCPlanError(f"{network}: arch_kwargs uc_slice_axis must be one of {SLICE_AXES}, got {uc_slice_axis!r}")
+    if uc_fusion not in UC_FUSIONS:
+        raise UCPlanError(f"{network}: arch_kwargs uc_fusion must be one of {UC_FUSIONS}, got {uc_fusion!r} "
+                          f"(\"{PLANNED_FUSION}\" is what uc_arch_kwargs plans)")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the decoder
 # ----------------------------------------------------------------------------------------------------------
 class UShapedSkipFusion(nn.Module):
-    """A uC skip with its DFi fusion: (up, skip), both (B, C, D0, D1, D2) -> DFi(up, uC(skip)), same shape."""
+    """``uc_fusion="replace"``: (up, skip), both (B, C, D0, D1, D2) -> DFi(up, uC(skip)), (B, C, D0, D1, D2), which
+    replaces cat[up, skip] as the decoder stage's input."""
+
+    maps_per_voxel = 1  # full-size maps besides the 2-D U-Net's, per channel: the fused map
 
     def __init__(self, channels: int, widths_2d: Sequence[int], slice_axis: str) -> None:
         super().__init__()
         self.u_connection = UShapedConnection(widths_2d, slice_axis)
         self.fusion = DFi(channels)
+        self.record_gate = False  # diagnostics: keep the gate's statistics of the last forward pass
+        self.gate_statistics: dict[str, float] | None = None
+
+    def fused(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """DFi(up, uC(skip)), (B, C, D0, D1, D2)."""
+        connected = self.u_connection(skip)
+        if self.record_gate:
+            self.gate_statistics = gate_statistics(self.fusion.gate(up, connected))
+        return self.fusion(up, connected)
 
     def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.fusion(up, self.u_connection(skip))
+        return self.fused(up, skip)
 
     def compute_conv_feature_map_size(self, size: Sequence[int]) -> int:
-        """The 2-D maps of every slice plus the fused map, for a (D0, D1, D2) skip of ``size``."""
+        """The 2-D maps of every slice plus the full-size maps, for a (D0, D1, D2) skip of ``size``."""
         axes = in_plane_axes(self.u_connection.slice_axis)
         slices = math.prod(n for a, n in enumerate(size) if a not in axes)
         plane = [size[a] for a in axes]
-        fused = self.fusion.fuse.out_channels * math.prod(size)
-        return slices * self.u_connection.unet.compute_conv_feature_map_size(plane) + fused
+        full_size = self.maps_per_voxel * self.fusion.fuse.out_channels * math.prod(size)
+        return slices * self.u_connection.unet.compute_conv_feature_map_size(plane) + full_size
+
+
+class ResidualUShapedSkip(UShapedSkipFusion):
+    """``uc_fusion="residual"``: (up, skip), both (B, C, D0, D1, D2) -> cat[up, skip'], (B, 2C, D0, D1, D2), with
+
+        skip' = skip + residual_scale * (DFi(up, uC(skip)) - skip)
+
+    ``residual_scale`` (1, C, 1, 1, 1) starts at zero (ReZero / LayerScale): the output is then exactly
+    nnU-Net's cat[up, skip], and the scale's gradient is not zero, so training opens the uC path as far as it
+    helps; a channel at scale 1 is the paper's "replace". The uC and DFi parameters get gradients once the scale
+    moves off zero (after the first optimiser step).
+    """
+
+    maps_per_voxel = 2  # the fused map and the blended skip
+
+    def __init__(self, channels: int, widths_2d: Sequence[int], slice_axis: str) -> None:
+        super().__init__(channels, widths_2d, slice_axis)
+        self.residual_scale = nn.Parameter(torch.zeros(1, channels, 1, 1, 1))
+
+    def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        blended = skip + self.residual_scale * (self.fused(up, skip) - skip)  # (lerp needs one dtype under AMP)
+        return torch.cat((up, blended), 1)
+
+
+def gate_statistics(gate: torch.Tensor) -> dict[str, float]:
+    """A DFi gate map (B, 1, *spatial) in (0, 1): its mean and the share of values below 0.01 (a closed gate)."""
+    gate = gate.detach().float()
+    return {"gate_mean": gate.mean().item(), "gate_below_0.01": (gate < 0.01).float().mean().item()}
+
+
+SKIP_MODULES = {"residual": ResidualUShapedSkip, "replace": UShapedSkipFusion}
 
 
 class UCUNetDecoder(UNetDecoder):
@@ -205,15 +274,23 @@ class UCUNetDecoder(UNetDecoder):
 
     def __init__(self, encoder: Union[PlainConvEncoder, ResidualEncoder], num_classes: int,
                  n_conv_per_stage: IntOrSeq, deep_supervision: bool, uc_stages: Sequence[int],
-                 uc_depths: Sequence[int], slice_axis: str = "first", nonlin_first: bool = False) -> None:
+                 uc_depths: Sequence[int], slice_axis: str = "first", nonlin_first: bool = False,
+                 fusion: str = LEGACY_FUSION) -> None:
         super().__init__(encoder, num_classes, n_conv_per_stage, deep_supervision, nonlin_first=nonlin_first)
         widths = list(encoder.output_channels)
         self.uc_fusions = nn.ModuleDict()
-        for stage, depth in zip(uc_stages, uc_depths):
+        # residual: built on a forked random stream, so that under one seed nnU-Net's parts are initialised with
+        # the numbers nnU-Net's network gets (the uC modules come last in module order, also for He init)
+        with torch.random.fork_rng(devices=[], enabled=fusion == "residual"):
+            for stage, depth in zip(uc_stages, uc_depths):
+                channels = widths[stage]
+                self.uc_fusions[str(stage)] = SKIP_MODULES[fusion](
+                    channels, uc_widths(channels, depth, max(widths)), slice_axis)
+        if fusion == "residual":
+            return
+        for stage in uc_stages:
+            # replace: the fused map has `channels` channels, not the 2 * channels of the concatenation
             channels = widths[stage]
-            self.uc_fusions[str(stage)] = UShapedSkipFusion(
-                channels, uc_widths(channels, depth, max(widths)), slice_axis)
-            # the fused map has `channels` channels, not the 2 * channels of the concatenation it replaces
             index = self._decoder_index(stage)
             self.stages[index] = StackedConvBlocks(
                 len(self.stages[index].convs), encoder.conv_op, channels, channels, encoder.kernel_sizes[stage], 1,
@@ -262,7 +339,8 @@ class _UCUNet(AbstractDynamicNetworkArchitectures):
 
     def _checked_plan(self, n_stages: int, features_per_stage: IntOrSeq, conv_op: Type[_ConvNd],
                       kernel_sizes: Union[int, Sequence], strides: Union[int, Sequence], blocks: tuple[str, IntOrSeq],
-                      n_conv_per_stage_decoder: IntOrSeq, uc_stages, uc_depths, uc_slice_axis: str) -> tuple:
+                      n_conv_per_stage_decoder: IntOrSeq, uc_stages, uc_depths, uc_slice_axis: str,
+                      uc_fusion: str) -> tuple:
         """The per-stage arch_kwargs as lists, checked as nnU-Net's networks assert them (errors name the entry):
         (features_per_stage, kernel_sizes, strides, blocks per stage, n_conv_per_stage_decoder)."""
         name = type(self).__name__
@@ -271,15 +349,16 @@ class _UCUNet(AbstractDynamicNetworkArchitectures):
                                           ("strides", strides), blocks)]
         decoder = _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder", name, "n_stages - 1")
         _check_3d(conv_op, per_stage[1], per_stage[2], name)
-        _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis, n_stages, name)
+        _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis, uc_fusion, n_stages, name)
         return (*per_stage, decoder)
 
     def _build_decoder(self, num_classes: int, n_conv_per_stage_decoder: list, deep_supervision: bool,
-                       uc_stages: Sequence[int], uc_depths: Sequence[int], uc_slice_axis: str,
+                       uc_stages: Sequence[int], uc_depths: Sequence[int], uc_slice_axis: str, uc_fusion: str,
                        nonlin_first: bool = False) -> None:
         self.decoder = UCUNetDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
-                                     uc_stages, uc_depths, uc_slice_axis, nonlin_first=nonlin_first)
+                                     uc_stages, uc_depths, uc_slice_axis, nonlin_first=nonlin_first, fusion=uc_fusion)
         self.uc_stages, self.uc_depths, self.uc_slice_axis = list(uc_stages), list(uc_depths), uc_slice_axis
+        self.uc_fusion = uc_fusion
         self._min_plane = self._smallest_input_plane()
 
     def _smallest_input_plane(self) -> tuple[int, int]:
@@ -302,6 +381,24 @@ class _UCUNet(AbstractDynamicNetworkArchitectures):
         self.check_input(x)
         return self.decoder(self.encoder(x))
 
+    def record_uc_gates(self, enabled: bool = True) -> None:
+        """Diagnostics: keep each uC level's DFi gate statistics of the next forward passes (off by default; one
+        more gate computation per level while on)."""
+        for module in self.decoder.uc_fusions.values():
+            module.record_gate = enabled
+            module.gate_statistics = None
+
+    def uc_diagnostics(self) -> list[dict]:
+        """Per uC level: the stage, its gate statistics of the last recorded forward pass (``gate_mean``,
+        ``gate_below_0.01``: share of gate values below 0.01; None before ``record_uc_gates``) and, for
+        ``uc_fusion="residual"``, the L2 norm of its residual scale (0 at initialisation)."""
+        levels = []
+        for stage, module in self.decoder.uc_fusions.items():
+            scale = getattr(module, "residual_scale", None)
+            levels.append({"stage": int(stage), **(module.gate_statistics or {"gate_mean": None, "gate_below_0.01": None}),
+                           "residual_scale_norm": None if scale is None else scale.detach().norm().item()})
+        return levels
+
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         """Elements of all conv outputs per sample for a (D0, D1, D2) input (nnU-Net's VRAM proxy)."""
         if len(input_size) != 3:
@@ -318,6 +415,8 @@ class UCPlainConvUNet(_UCUNet):
         uc_stages: encoder stages whose skip passes through a uC (``uc_arch_kwargs`` gives the default).
         uc_depths: 2-D poolings of each uC's 2-D U-Net, one per entry of ``uc_stages``.
         uc_slice_axis: "first" folds D0 (2-D U-Nets on the (D1, D2) slices); "last" folds D2.
+        uc_fusion: "residual" (zero-initialised scale: starts as ``PlainConvUNet``) or "replace" (the default, so
+            that plans written before this entry existed build the network they trained).
     """
 
     initialize = staticmethod(PlainConvUNet.initialize)
@@ -330,11 +429,11 @@ class UCPlainConvUNet(_UCUNet):
                  nonlin: Union[None, Type[nn.Module]] = None, nonlin_kwargs: dict = None,
                  deep_supervision: bool = False, nonlin_first: bool = False,
                  uc_stages: Sequence[int] | None = None, uc_depths: Sequence[int] | None = None,
-                 uc_slice_axis: str = "first") -> None:
+                 uc_slice_axis: str = "first", uc_fusion: str = LEGACY_FUSION) -> None:
         super().__init__()
         features_per_stage, kernel_sizes, strides, n_conv_per_stage, n_conv_per_stage_decoder = self._checked_plan(
             n_stages, features_per_stage, conv_op, kernel_sizes, strides, ("n_conv_per_stage", n_conv_per_stage),
-            n_conv_per_stage_decoder, uc_stages, uc_depths, uc_slice_axis)
+            n_conv_per_stage_decoder, uc_stages, uc_depths, uc_slice_axis, uc_fusion)
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stages.0"
         self.keys_to_in_proj = ("encoder.stages.0.0.convs.0.all_modules.0", "encoder.stages.0.0.convs.0.conv")
@@ -343,13 +442,13 @@ class UCPlainConvUNet(_UCUNet):
             conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs,
             return_skips=True, nonlin_first=nonlin_first)
         self._build_decoder(num_classes, n_conv_per_stage_decoder, deep_supervision, uc_stages, uc_depths,
-                            uc_slice_axis, nonlin_first=nonlin_first)
+                            uc_slice_axis, uc_fusion, nonlin_first=nonlin_first)
 
 
 class UCResidualEncoderUNet(_UCUNet):
     """nnU-Net's ``ResidualEncoderUNet`` (ResEnc M/L/XL plans; same arguments, encoder and decoder) with uC skips.
 
-    Args: those of ``ResidualEncoderUNet`` plus ``uc_stages``, ``uc_depths``, ``uc_slice_axis`` as in
+    Args: those of ``ResidualEncoderUNet`` plus ``uc_stages``, ``uc_depths``, ``uc_slice_axis``, ``uc_fusion`` as in
     ``UCPlainConvUNet``.
     """
 
@@ -364,11 +463,11 @@ class UCResidualEncoderUNet(_UCUNet):
                  deep_supervision: bool = False, block: Union[Type[BasicBlockD], Type[BottleneckD]] = BasicBlockD,
                  bottleneck_channels: IntOrSeq = None, stem_channels: int = None,
                  uc_stages: Sequence[int] | None = None, uc_depths: Sequence[int] | None = None,
-                 uc_slice_axis: str = "first") -> None:
+                 uc_slice_axis: str = "first", uc_fusion: str = LEGACY_FUSION) -> None:
         super().__init__()
         features_per_stage, kernel_sizes, strides, n_blocks_per_stage, n_conv_per_stage_decoder = self._checked_plan(
             n_stages, features_per_stage, conv_op, kernel_sizes, strides, ("n_blocks_per_stage", n_blocks_per_stage),
-            n_conv_per_stage_decoder, uc_stages, uc_depths, uc_slice_axis)
+            n_conv_per_stage_decoder, uc_stages, uc_depths, uc_slice_axis, uc_fusion)
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stem"
         self.keys_to_in_proj = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
@@ -377,4 +476,4 @@ class UCResidualEncoderUNet(_UCUNet):
             conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, block,
             bottleneck_channels, return_skips=True, disable_default_stem=False, stem_channels=stem_channels)
         self._build_decoder(num_classes, n_conv_per_stage_decoder, deep_supervision, uc_stages, uc_depths,
-                            uc_slice_axis)
+                            uc_slice_axis, uc_fusion)

@@ -24,7 +24,7 @@ def import_path(cls: type) -> str:
 UC_VERSION: dict[str, str] = {import_path(PlainConvUNet): import_path(UCPlainConvUNet),
                               import_path(ResidualEncoderUNet): import_path(UCResidualEncoderUNet)}
 #: the arch_kwargs entries the uC version adds
-UC_KWARGS = ("uc_stages", "uc_depths", "uc_slice_axis")
+UC_KWARGS = ("uc_stages", "uc_depths", "uc_slice_axis", "uc_fusion")
 
 
 def has_uc_connections(architecture: dict) -> bool:
@@ -63,3 +63,26 @@ def without_uc_connections(architecture: dict) -> dict:
     for key in UC_KWARGS:
         result["arch_kwargs"].pop(key, None)
     return result
+
+
+def uc_plans_from(plans: dict, target: str, configurations: Sequence[str] = ("3d_fullres",)) -> dict:
+    """``plans`` with uC connections on ``configurations`` and nothing else changed (same patch, batch, topology and
+    preprocessed data), named ``target``; only those configurations are kept, resolved (no ``inherits_from``), so no
+    2-D configuration trains nnU-Net's plain network under the uC plans name. A configuration the uC network cannot
+    take raises UCPlanError naming the plans entry."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(plans)
+    uc_plans = copy.deepcopy(plans)
+    uc_plans["plans_name"] = target
+    uc_plans["configurations"] = {}
+    for name in configurations:
+        configuration = copy.deepcopy(manager.get_configuration(name).configuration)
+        configuration.pop("inherits_from", None)
+        try:
+            configuration["architecture"] = with_uc_connections(configuration["architecture"],
+                                                                configuration["patch_size"])
+        except UCPlanError as error:
+            raise UCPlanError(f"plans {plans.get('plans_name', '?')}, configurations[{name!r}]: {error}") from None
+        uc_plans["configurations"][name] = configuration
+    return uc_plans

@@ -34,11 +34,14 @@ class DFi(nn.Module):
         self.gate_up = nn.Conv3d(channels, 1, 1)
         self.gate_skip = nn.Conv3d(channels, 1, 1)
 
+    def gate(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The gate map, (B, 1, *spatial) in (0, 1)."""
+        return torch.sigmoid(self.gate_up(up) + self.gate_skip(skip))
+
     def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if use_fast_path(up):
             return self._forward_one_gemm(up, skip)
-        gate = torch.sigmoid(self.gate_up(up) + self.gate_skip(skip))
-        return self.fuse(torch.cat([up, skip], dim=1)) * gate
+        return self.fuse(torch.cat([up, skip], dim=1)) * self.gate(up, skip)
 
     def _forward_one_gemm(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """All three 1x1 convs read cat[F1, F2]: one GEMM yields the c fused channels and the gate logit."""

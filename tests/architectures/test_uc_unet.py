@@ -19,7 +19,7 @@ from torch import nn
 from helpers.e2e_data import SHAPE_ZYX, write_raw_dataset
 from nnunetv2_uc.architectures.building_blocks.u_connection import SkipUNet2d
 from nnunetv2_uc.architectures.uc_unet import (
-    UCPlainConvUNet, UCPlanError, UCResidualEncoderUNet, UShapedSkipFusion, uc_arch_kwargs,
+    ResidualUShapedSkip, UCPlainConvUNet, UCPlanError, UCResidualEncoderUNet, UShapedSkipFusion, uc_arch_kwargs,
 )
 from nnunetv2_uc.errors import UserError
 
@@ -105,12 +105,15 @@ def _describe(module: nn.Module) -> dict:
 @pytest.mark.parametrize("dataset, expected_uc", [("tiny", {"uc_stages": [0], "uc_depths": [2]}),
                                                   ("ct", {"uc_stages": [0, 1, 2, 3], "uc_depths": [5, 4, 3, 2]})])
 @pytest.mark.parametrize("planner", list(PLANNERS))
-def test_topology_equals_the_network_nnunet_builds_from_the_plan(plans, dataset, expected_uc, planner):
+@pytest.mark.parametrize("fusion", ["residual", "replace"])
+def test_topology_equals_the_network_nnunet_builds_from_the_plan(plans, dataset, expected_uc, planner, fusion):
     configuration = _configuration(plans[dataset, planner])
     arch = configuration["architecture"]["arch_kwargs"]
     assert [1, 2, 2] in arch["strides"]  # an anisotropic plan
-    assert uc_arch_kwargs(configuration["patch_size"], arch["strides"]) == {**expected_uc, "uc_slice_axis": "first"}
-    reference, ours = _build(configuration, ours=False, init=False), _build(configuration, ours=True, init=False)
+    assert uc_arch_kwargs(configuration["patch_size"], arch["strides"]) == {
+        **expected_uc, "uc_slice_axis": "first", "uc_fusion": "residual"}
+    reference = _build(configuration, ours=False, init=False)
+    ours = _build(configuration, ours=True, init=False, fusion=fusion)
     assert type(ours).__name__ == "UC" + type(reference).__name__
     assert type(ours.encoder) is type(reference.encoder) and isinstance(ours.decoder, type(reference.decoder))
 
@@ -120,10 +123,12 @@ def test_topology_equals_the_network_nnunet_builds_from_the_plan(plans, dataset,
     # modules that only the uC network has: the uC skips with their DFi fusions, nothing else
     assert {n.split(".")[:2] == ["decoder", "uc_fusions"] for n in set(mine) - set(theirs)} == {True}
     assert set(theirs) <= set(mine)
-    # the decoder stage fed by a uC skip takes the fused C channels instead of cat[up, skip] (2C); all else equal
+    # residual: every module of nnU-Net's is unchanged. replace: the decoder stage fed by a uC skip takes the
+    # fused C channels instead of cat[up, skip] (2C); all else equal
     n_stages = arch["n_stages"]
-    changed = {f"decoder.stages.{n_stages - 2 - s}.convs.0.conv" for s in expected_uc["uc_stages"]}
-    changed |= {f"decoder.stages.{n_stages - 2 - s}.convs.0.all_modules.0" for s in expected_uc["uc_stages"]}
+    replaced = expected_uc["uc_stages"] if fusion == "replace" else []
+    changed = {f"decoder.stages.{n_stages - 2 - s}.convs.0.conv" for s in replaced}
+    changed |= {f"decoder.stages.{n_stages - 2 - s}.convs.0.all_modules.0" for s in replaced}
     for name in theirs:
         if name in changed:
             channels = arch["features_per_stage"][n_stages - 2 - int(name.split(".")[2])]
@@ -140,15 +145,20 @@ def test_topology_equals_the_network_nnunet_builds_from_the_plan(plans, dataset,
                [min(width * 2 ** i, widest) for i in range(depth + 1)]
 
 
-def test_ct_like_plan_parameter_counts_and_widths(plans):
+@pytest.mark.parametrize("fusion", ["residual", "replace"])
+def test_ct_like_plan_parameter_counts_and_widths(plans, fusion):
     configuration = _configuration(plans["ct", "ExperimentPlanner"])
-    ours = _build(configuration, ours=True, init=False)
+    ours = _build(configuration, ours=True, init=False, fusion=fusion)
     assert ours.decoder.uc_fusions["0"].u_connection.unet.channels == [32, 64, 128, 256, 320, 320]
     extra = sum(p.numel() for p in ours.decoder.uc_fusions.parameters())
     reference = _build(configuration, ours=False, init=False)
-    # the uC skips add their parameters; the decoder stages they feed lose the skip half of their first conv
+    # the uC skips add their parameters (residual: with one scale per channel); with replace the decoder stages
+    # they feed lose the skip half of their first conv
     removed = sum(reference.decoder.stages[len(reference.decoder.stages) - 1 - s].convs[0].conv.weight.numel() // 2
-                  for s in (0, 1, 2, 3))
+                  for s in (0, 1, 2, 3)) if fusion == "replace" else 0
+    scales = sum(p.numel() for n, p in ours.named_parameters() if n.endswith("residual_scale"))
+    assert scales == (sum(arch_width for arch_width in configuration["architecture"]["arch_kwargs"][
+        "features_per_stage"][:4]) if fusion == "residual" else 0)  # one per channel of each uC stage
     count = lambda net: sum(p.numel() for p in net.parameters())
     assert count(ours) == count(reference) + extra - removed
 
@@ -231,12 +241,29 @@ def _parameters_without_gradient(net: nn.Module, x: torch.Tensor) -> set[str]:
 @pytest.mark.parametrize("cls", [UCPlainConvUNet, UCResidualEncoderUNet])
 def test_every_parameter_gets_a_gradient(cls):
     """Every parameter takes part (DDP without find_unused_parameters). Checked at torch's default init: nnU-Net's
-    ResEnc init zeroes each residual block's last norm, which zeroes the gradients of the convs before it."""
+    ResEnc init zeroes each residual block's last norm, which zeroes the gradients of the convs before it. The
+    residual scales are moved off zero first (at zero the uC parameters' gradients are zero; next test)."""
     x = torch.randn(2, 1, *SMALL_PATCH)
-    assert _parameters_without_gradient(small_network(cls, initialize=False), x) == set()
-    # deep supervision off: as nnU-Net's decoder, only the lower-resolution segmentation layers are idle
-    idle = _parameters_without_gradient(small_network(cls, deep_supervision=False, initialize=False), x)
-    assert idle == {f"decoder.seg_layers.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}
+    for uc in ({}, _uc(uc_fusion="replace")):
+        net = small_network(cls, initialize=False, **uc)
+        _open_residual_scales(net)
+        assert _parameters_without_gradient(net, x) == set()
+        # deep supervision off: as nnU-Net's decoder, only the lower-resolution segmentation layers are idle
+        net = small_network(cls, deep_supervision=False, initialize=False, **uc)
+        _open_residual_scales(net)
+        idle = _parameters_without_gradient(net, x)
+        assert idle == {f"decoder.seg_layers.{i}.{p}" for i in (0, 1) for p in ("weight", "bias")}
+
+
+def _uc(**change) -> dict:
+    return {**uc_arch_kwargs(SMALL_PATCH, SMALL_STRIDES, uc_stages=[0, 1, 2]), **change}
+
+
+def _open_residual_scales(net: nn.Module) -> None:
+    with torch.no_grad():
+        for module in net.decoder.uc_fusions.values():
+            if isinstance(module, ResidualUShapedSkip):
+                module.residual_scale.fill_(0.5)
 
 
 def _forward_backward(net: nn.Module, x: torch.Tensor):
@@ -294,7 +321,7 @@ def test_feature_map_count_adds_the_ucs_2d_maps_and_fused_maps(plans):
     for module in ours.decoder.uc_fusions.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):  # every 2-D conv and up-conv, over all slices
             module.register_forward_hook(count("2d"))
-        elif isinstance(module, UShapedSkipFusion):
+        elif isinstance(module, UShapedSkipFusion):  # residual: its output is cat[up, skip'], the two full maps
             module.register_forward_hook(count("fused"))
     with torch.no_grad():
         ours(torch.randn(1, 1, *patch))
@@ -339,6 +366,7 @@ def test_patch_too_small_or_bad_uc_stages_name_the_entry(patch, uc_stages, messa
     (dict(uc_depths=[3, 2]), r"uc_depths \[3, 2\] needs one 2-D pooling count >= 1 per entry of uc_stages \[0, 1, 2\]"),
     (dict(uc_depths=[3, 0, 1]), r"uc_depths"),
     (dict(uc_slice_axis="middle"), r"uc_slice_axis must be one of"),
+    (dict(uc_fusion="add"), r"uc_fusion must be one of \('residual', 'replace'\), got 'add'"),
 ])
 def test_mismatched_arch_kwargs_name_the_entry(change, message):
     kwargs = dict(input_channels=1, n_stages=4, features_per_stage=[4, 8, 16, 24], conv_op=nn.Conv3d,
@@ -376,7 +404,7 @@ def test_slice_axis_last_folds_the_last_axis_and_plans_on_axes_0_and_1():
     strides = [[1, 1, 1], [2, 2, 1], [2, 2, 2]]
     # in-plane maps (axes 0, 1): 32x16 at stage 0, 16x8 at stage 1; the smaller side decides
     assert uc_arch_kwargs((32, 16, 6), strides, slice_axis="last") == {
-        "uc_stages": [0], "uc_depths": [2], "uc_slice_axis": "last"}
+        "uc_stages": [0], "uc_depths": [2], "uc_slice_axis": "last", "uc_fusion": "residual"}
     uc = uc_arch_kwargs((32, 16, 6), strides, uc_stages=[0, 1], slice_axis="last")
     assert uc["uc_depths"] == [2, 1]
     net = UCPlainConvUNet(input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=nn.Conv3d,
@@ -385,3 +413,111 @@ def test_slice_axis_last_folds_the_last_axis_and_plans_on_axes_0_and_1():
     assert net(torch.randn(1, 1, 32, 16, 6)).shape == (1, 2, 32, 16, 6)
     with pytest.raises(ValueError, match=r"in-plane axes \(0, 1\) of at least \[4, 4\]"):
         net(torch.randn(1, 1, 2, 16, 6))
+
+
+# ---- uc_fusion="residual": starts as nnU-Net's network, trains from there -------------------------------------
+def _outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        out = net(x)
+    return out if isinstance(out, list) else [out]
+
+
+def _max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    assert [o.shape for o in a] == [o.shape for o in b]
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("deep_supervision", [True, False])
+@pytest.mark.parametrize("planner", list(PLANNERS))
+def test_residual_fusion_with_plain_weights_computes_nnunets_network(plans, planner, deep_supervision):
+    """nnU-Net's trained weights (here: perturbed He init) load with only uC parameters missing, and the outputs
+    equal those of nnU-Net's network of the same plan (eval mode, max abs difference <= 1e-5)."""
+    configuration = _configuration(plans["tiny", planner])
+    plain = _build(configuration, ours=False, deep_supervision=deep_supervision)
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # no zero-initialised norms: every path of the network carries signal
+    ours = _build(configuration, ours=True, deep_supervision=deep_supervision)
+    assert ours.uc_fusion == "residual"
+    loaded = ours.load_state_dict(plain.state_dict(), strict=False)
+    assert loaded.unexpected_keys == []
+    assert loaded.missing_keys and all(k.startswith("decoder.uc_fusions.") for k in loaded.missing_keys)
+    assert {k.rsplit(".", 1)[1] for k in loaded.missing_keys} >= {"residual_scale"}
+    x = torch.randn(2, 1, *configuration["patch_size"])
+    expected = _outputs(plain.eval(), x)
+    assert len(expected) == (len(configuration["architecture"]["arch_kwargs"]["strides"]) - 1 if deep_supervision
+                             else 1)
+    assert _max_difference(_outputs(ours.eval(), x), expected) <= 1e-5
+    _open_residual_scales(ours)  # the uC path is live: opening it changes the outputs
+    assert _max_difference(_outputs(ours, x), expected) > 1e-3
+
+
+@pytest.mark.parametrize("planner", list(PLANNERS))
+def test_residual_fusion_under_one_seed_initialises_nnunets_parts_as_nnunets_network(plans, planner):
+    configuration = _configuration(plans["tiny", planner])
+    torch.manual_seed(7)
+    plain = _build(configuration, ours=False).state_dict()
+    torch.manual_seed(7)
+    ours = _build(configuration, ours=True).state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in plain.items())
+
+
+def _ds_cross_entropy(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every deep-supervision output against the target resampled to its scale."""
+    loss = 0
+    for out, weight in zip(outputs, (1.0, 0.5, 0.25)):
+        scaled = torch.nn.functional.interpolate(target[:, None].float(), size=out.shape[2:], mode="nearest")
+        loss = loss + weight * torch.nn.functional.cross_entropy(out, scaled[:, 0].long())
+    return loss
+
+
+@pytest.mark.parametrize("cls", [UCPlainConvUNet, UCResidualEncoderUNet])
+def test_zero_scale_gets_a_gradient_and_after_one_sgd_step_every_parameter_does(cls):
+    net = small_network(cls)  # nnU-Net's He init (ResEnc: last norm of every residual block zeroed)
+    x, target = torch.randn(2, 1, *SMALL_PATCH), torch.randint(0, 3, (2, *SMALL_PATCH))
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True)  # nnU-Net's
+    _ds_cross_entropy(net(x), target).backward()
+    scales = {n: p for n, p in net.named_parameters() if n.endswith("residual_scale")}
+    assert len(scales) == 3 and all(torch.all(p == 0) for p in scales.values())
+    assert all(p.grad is not None and torch.any(p.grad != 0) for p in scales.values())
+    # every parameter is in the graph (DDP needs no find_unused_parameters), the uC ones with zero gradient
+    assert all(p.grad is not None for p in net.parameters())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    _ds_cross_entropy(net(x), target).backward()
+    assert {n for n, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)} == set()
+
+
+@pytest.mark.parametrize("name", ["UCPlainConvUNet", "UCResidualEncoderUNet"])
+def test_plans_without_uc_fusion_build_and_predict_as_before(name):
+    """Plans written before uc_fusion existed (fixture made with the code of 2b79b8d) build the "replace" network
+    and give the same outputs from the same weights."""
+    from helpers.paths import fixture_path
+    saved = torch.load(fixture_path("uc_unet_replace_2b79b8d.pt"))[name]
+    assert "uc_fusion" not in saved["arch_kwargs"]
+    net = get_network_from_plans(f"{MODULE}.{name}", saved["arch_kwargs"], ["conv_op", "norm_op", "nonlin"], 1, 3,
+                                 allow_init=True, deep_supervision=False)
+    assert net.uc_fusion == "replace"
+    net.load_state_dict(saved["state_dict"], strict=True)
+    assert _max_difference(_outputs(net.eval(), saved["input"]), [saved["output"]]) <= 1e-6
+
+
+def test_diagnostics_report_the_gates_and_the_residual_scales():
+    net = small_network()
+    assert [level["gate_mean"] for level in net.uc_diagnostics()] == [None] * 3
+    net.record_uc_gates()
+    outputs = _outputs(net, torch.randn(1, 1, *SMALL_PATCH))
+    levels = net.uc_diagnostics()
+    assert [level["stage"] for level in levels] == [0, 1, 2]
+    assert all(0 < level["gate_mean"] < 1 and 0 <= level["gate_below_0.01"] <= 1 for level in levels)
+    assert [level["residual_scale_norm"] for level in levels] == [0.0] * 3
+    with torch.no_grad():  # a closed gate at stage 0: every gate value below 0.01
+        net.decoder.uc_fusions["0"].fusion.gate_up.bias.fill_(-20.0)
+        net.decoder.uc_fusions["1"].residual_scale.fill_(0.5)  # 8 channels at 0.5: norm sqrt(8) / 2
+    _outputs(net, torch.randn(1, 1, *SMALL_PATCH))
+    levels = net.uc_diagnostics()
+    assert levels[0]["gate_below_0.01"] == 1.0 and levels[0]["gate_mean"] < 0.01
+    assert levels[1]["residual_scale_norm"] == pytest.approx(8 ** 0.5 / 2)
+    net.record_uc_gates(False)
+    assert all(level["gate_mean"] is None for level in net.uc_diagnostics())
+    assert len(outputs) == 3

@@ -152,3 +152,40 @@ def test_each_saved_storage_is_counted_once_views_and_in_place_results_included(
     voxel_bytes = 16 ** 3 * 4
     assert activations(views=True) - activations() == voxel_bytes  # y once, though two views of it are saved
     assert activations(in_place=True) == activations()               # relu_'s result is exp's storage
+
+
+def test_the_residual_uc_branch_is_counted():
+    """uC on nnU-Net's network (uc_fusion "residual"): the estimate counts the uC branch on top of nnU-Net's network,
+    and the decoder stages' 2C inputs, which the former "replace" network halves."""
+    from nnunetv2_uc.architectures.registry import nnunet_topology
+    from nnunetv2_uc.architectures.uc_unet import uc_arch_kwargs
+    from nnunetv2_uc.planning.memory import memory_model_for, parameter_bytes
+
+    patch, topology = (32, 64, 64), nnunet_topology((32, 64, 64))
+    plain = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+             "_kw_requires_import": ["conv_op", "norm_op", "nonlin"],
+             "arch_kwargs": {**topology, "features_per_stage": [8, 16, 32, 64, 128][:topology["n_stages"]],
+                             "conv_op": "torch.nn.modules.conv.Conv3d", "n_conv_per_stage": 2,
+                             "n_conv_per_stage_decoder": 2, "conv_bias": True,
+                             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                             "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "nonlin": "torch.nn.LeakyReLU",
+                             "nonlin_kwargs": {"inplace": True}}}
+    estimates, networks = {}, {}
+    for fusion in ("residual", "replace", None):
+        architecture = json_copy(plain)
+        if fusion:
+            architecture["network_class_name"] = "nnunetv2_uc.architectures.uc_unet.UCPlainConvUNet"
+            architecture["arch_kwargs"].update(uc_arch_kwargs(patch, topology["strides"], fusion=fusion))
+        model = memory_model_for(architecture, 1, 3, CUDA_FP16_AUTOCAST, 1, deep_supervision=True)
+        estimates[fusion], networks[fusion] = model(patch, 2), model.network
+    uc_parameters = sum(p.numel() for n, p in networks["residual"].named_parameters() if "uc_fusions" in n)
+    assert uc_parameters > 0
+    assert estimates["residual"].parameters - estimates[None].parameters == \
+        parameter_bytes(networks["residual"], 1) - parameter_bytes(networks[None], 1) > 0
+    assert estimates["residual"].activations > estimates["replace"].activations > estimates[None].activations
+
+
+def json_copy(value):
+    import json
+
+    return json.loads(json.dumps(value))
