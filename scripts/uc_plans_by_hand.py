@@ -21,7 +21,6 @@ uC network cannot take is an error naming the plans entry; nothing is written th
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 from typing import Sequence
@@ -29,10 +28,9 @@ from typing import Sequence
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunetv2_uc.architectures.uc_unet import UCPlanError
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 from nnunetv2_uc.files import atomic_write_json
-from nnunetv2_uc.uc_plans import with_uc_connections
+from nnunetv2_uc.uc_plans import uc_plans_from
 
 
 def _load(dataset_dir: Path, plans_name: str) -> dict:
@@ -53,20 +51,7 @@ def write_uc_plans(dataset_dir: Path, source: str = "nnUNetPlans", target: str =
     """$nnUNet_preprocessed/DatasetX/{target}.json: ``source`` with uC connections on ``configurations`` (only
     those are kept, resolved, so no 2-D configuration trains nnU-Net's plain network under the uC plans name).
     A configuration the uC network cannot take raises UCPlanError naming the plans entry; nothing is written."""
-    plans = _load(dataset_dir, source)
-    manager = PlansManager(plans)
-    uc_plans = copy.deepcopy(plans)
-    uc_plans["plans_name"] = target
-    uc_plans["configurations"] = {}
-    for name in configurations:
-        configuration = manager.get_configuration(name).configuration
-        configuration.pop("inherits_from", None)
-        try:
-            configuration["architecture"] = with_uc_connections(configuration["architecture"],
-                                                                configuration["patch_size"])
-        except UCPlanError as error:
-            raise UCPlanError(f"plans {source}, configurations[{name!r}]: {error}") from None
-        uc_plans["configurations"][name] = configuration
+    uc_plans = uc_plans_from(_load(dataset_dir, source), target, configurations)
     return _save(dataset_dir, uc_plans, overwrite)
 
 

@@ -25,6 +25,8 @@ SUBCOMMANDS: dict[str, str] = {
             "planners; writes an nnU-Net plans file",
     "env": "print the shell line that lets the stock nnUNetv2_* commands find this plugin's trainers",
     "import-weights": "convert an original 3D UX-Net / uC 3DU-Net checkpoint into nnU-Net pretrained weights",
+    "uc-init": "start uC on nnU-Net's network from a trained nnU-Net model: weights for nnUNetv2_train "
+               "-pretrained_weights (and the uC plans of the same topology)",
     "predict": "nnUNetv2_predict with several sliding-window tiles per network call",
     "evaluate": "evaluate predictions with the uC papers' metrics (mIoU, Dice, VOE, HD95, ASSD, ARI)",
     "cost": "parameters, MACs, latency and peak memory of the networks next to nnU-Net's U-Net",

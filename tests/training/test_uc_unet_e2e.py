@@ -63,7 +63,8 @@ def test_uc_plans_keep_nnunets_topology_and_data(pipeline):
     assert uc["patch_size"] == base["patch_size"] == list(SHAPE_ZYX)  # the whole (tiny) image, as nnU-Net plans
     added = {k: v for k, v in uc["architecture"]["arch_kwargs"].items()
              if k not in base["architecture"]["arch_kwargs"]}
-    assert added == {"uc_stages": [0], "uc_depths": [2], "uc_slice_axis": "first"}  # 28x28 in-plane: 28->14->7
+    assert added == {"uc_stages": [0], "uc_depths": [2], "uc_slice_axis": "first",  # 28x28 in-plane: 28->14->7
+                     "uc_fusion": "residual"}
     assert {k: uc["architecture"]["arch_kwargs"][k] for k in base["architecture"]["arch_kwargs"]} == \
         base["architecture"]["arch_kwargs"]
     assert uc["data_identifier"] == base["data_identifier"] and uc["spacing"] == base["spacing"]
@@ -108,3 +109,83 @@ def test_stock_predictor_predicts_held_out_cases(pipeline):
     root, raw = pipeline
     check_held_out_predictions(root / "pred", raw, N_TEST)
     assert "nnUNet_extTrainer" not in (root / "predict.log").read_text()
+
+
+# ---- uc-init: start uC from a trained nnU-Net model, fine-tune with the stock -pretrained_weights -------------
+INIT_PLANS = "nnUNetPlans_UCInit"
+
+
+@pytest.fixture(scope="module")
+def uc_init(pipeline):
+    """nnU-Net's network trained (stock, 1 epoch) -> `nnunetv2_uc uc-init` (its uC plans made from the checkpoint's
+    plans) -> stock nnUNetv2_train -p INIT_PLANS -pretrained_weights. Returns (root, plain checkpoint, init file)."""
+    root, _ = pipeline
+    env = nnunet_env(root)
+    env.pop("nnUNet_extTrainer", None)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], env,
+            root / "train_plain.log")
+    plain = root / "results" / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth"
+    init = root / "uc_init.pth"
+    run_cli(["nnunetv2_uc", "uc-init", "--checkpoint", str(plain), "-d", str(DATASET_ID), "-p", INIT_PLANS,
+             "-o", str(init)], env, root / "uc_init.log")
+    run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-p", INIT_PLANS, "-tr", TRAINER, "-device", "cpu",
+             "-pretrained_weights", str(init)], env, root / "train_uc_init.log")
+    return root, plain, init
+
+
+def _plans_network(plans: dict, dataset_json: dict):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(plans)
+    configuration = manager.get_configuration("3d_fullres")
+    return nnUNetTrainer.build_network_architecture(manager, configuration, 1, 3, enable_deep_supervision=False)
+
+
+def test_uc_init_starts_from_the_trained_network_and_the_stock_trainer_accepts_it(uc_init):
+    import torch
+
+    root, plain_path, init_path = uc_init
+    folder = root / "preprocessed" / DATASET
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    uc_plans = json.loads((folder / f"{INIT_PLANS}.json").read_text())
+    base = json.loads((folder / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"]
+    assert uc_plans["configurations"]["3d_fullres"]["patch_size"] == base["patch_size"]
+    assert uc_plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["uc_fusion"] == "residual"
+    assert "wrote" in (root / "uc_init.log").read_text() and "uC tensors initialised" in (root / "uc_init.log").read_text()
+
+    checkpoint = torch.load(plain_path, map_location="cpu", weights_only=False)
+    plain = _plans_network(checkpoint["init_args"]["plans"], dataset_json)
+    plain.load_state_dict(checkpoint["network_weights"])
+    uc = _plans_network(uc_plans, dataset_json)
+    uc.load_state_dict(torch.load(init_path, map_location="cpu")["network_weights"], strict=True)
+    x = torch.randn(1, 1, *base["patch_size"])
+    with torch.no_grad():
+        assert (uc.eval()(x) - plain.eval()(x)).abs().max().item() <= 1e-5  # the uC network starts as the trained one
+
+    log = (root / "train_uc_init.log").read_text()
+    assert "Loading pretrained weights from file" in log and "Could not find" not in log
+    fold = root / "results" / DATASET / f"{TRAINER}__{INIT_PLANS}__3d_fullres" / "fold_0"
+    weights = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    scales = [v for k, v in weights.items() if k.endswith("residual_scale")]
+    assert scales and any(torch.any(v != 0) for v in scales)  # fine-tuning opened the uC path
+
+
+def test_uc_init_refuses_plans_of_another_topology_and_writes_nothing(uc_init, tmp_path):
+    import subprocess
+    import sys
+
+    root, plain_path, _ = uc_init
+    folder = root / "preprocessed" / DATASET
+    other = json.loads((folder / f"{INIT_PLANS}.json").read_text())
+    other["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] = 16
+    (folder / "nnUNetPlans_UCOther.json").write_text(json.dumps(other))
+    output = tmp_path / "refused.pth"
+    result = subprocess.run([sys.executable, "-m", "nnunetv2_uc", "uc-init", "--checkpoint", str(plain_path), "-d",
+                             str(DATASET_ID), "-p", "nnUNetPlans_UCOther", "-o", str(output)],
+                            env=nnunet_env(root), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "do not share the topology" in result.stderr and "features_per_stage" in result.stderr
+    assert "nnUNetPlans_UCOther.json" in result.stderr
+    assert not output.exists()
