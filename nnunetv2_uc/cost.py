@@ -133,8 +133,8 @@ def network_cost(network: nn.Module, input_channels: int, patch: Sequence[int]) 
             "gmacs": count_macs(network, input_channels, 0, patch) / 1e9}
 
 
-def load_dataset_plans(dataset: str, plans_identifier: str) -> tuple[dict, dict]:
-    """(plans, dataset.json) of a preprocessed dataset, from $nnUNet_preprocessed; missing files name the fix."""
+def preprocessed_dataset_folder(dataset: str) -> str:
+    """$nnUNet_preprocessed/DatasetXXX_Name for a dataset name or id; an unset variable or unknown id names the fix."""
     preprocessed = os.environ.get("nnUNet_preprocessed")
     if not preprocessed:
         raise UserError("$nnUNet_preprocessed is not set; export it to the folder nnUNetv2_plan_and_preprocess wrote")
@@ -142,7 +142,12 @@ def load_dataset_plans(dataset: str, plans_identifier: str) -> tuple[dict, dict]
         dataset_name = maybe_convert_to_dataset_name(dataset)
     except RuntimeError as error:
         raise UserError(f"dataset {dataset!r}: {error}") from error
-    folder = os.path.join(preprocessed, dataset_name)
+    return os.path.join(preprocessed, dataset_name)
+
+
+def load_dataset_plans(dataset: str, plans_identifier: str) -> tuple[dict, dict]:
+    """(plans, dataset.json) of a preprocessed dataset, from $nnUNet_preprocessed; missing files name the fix."""
+    folder = preprocessed_dataset_folder(dataset)
     paths = {"plans": os.path.join(folder, f"{plans_identifier}.json"),
              "dataset.json": os.path.join(folder, "dataset.json")}
     for what, path in paths.items():

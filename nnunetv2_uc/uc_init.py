@@ -13,7 +13,6 @@ Where the uC plans file does not exist yet, it is written from the plans the che
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,16 +217,9 @@ def write_uc_init(checkpoint: Path, dataset: str, plans_name: str, output: Path,
 
 def _dataset_folder(dataset: str) -> tuple[Path, dict]:
     """($nnUNet_preprocessed/DatasetX, its dataset.json)."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2_uc.cost import preprocessed_dataset_folder
 
-    preprocessed = os.environ.get("nnUNet_preprocessed")
-    if not preprocessed:
-        raise UserError("$nnUNet_preprocessed is not set; export it to the folder nnUNetv2_plan_and_preprocess wrote")
-    try:
-        name = maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as error:
-        raise UserError(f"dataset {dataset!r}: {error}") from error
-    folder = Path(preprocessed) / name
+    folder = Path(preprocessed_dataset_folder(dataset))
     dataset_json = folder / "dataset.json"
     if not dataset_json.is_file():
         raise UserError(f"{dataset_json}: no such file; run nnUNetv2_plan_and_preprocess -d {dataset}")
