@@ -9,7 +9,9 @@ It builds nnU-Net's trainer (nnUNetTrainer_evidence) for PLANS, draws 4 training
 nnU-Net's loss (deep supervision) and gradient clipping, with the optimizer of nnUNetTrainer_evidence (nnU-Net's SGD,
 lr 1e-2, Nesterov 0.99) or of nnUNetTrainerAdamW_evidence (the plugin recipe's AdamW at lr 3e-3), at a constant
 learning rate. Every 25 steps it prints the loss and
-the fraction of the batch's first case predicted as each foreground label (0 everywhere = background collapse).
+the fraction of the batch's first case predicted as each foreground label (0 everywhere = background collapse), and
+for a uC network, per uC level: the DFi gate's mean, the share of gate values below 0.01 (a closed gate) and the
+norm of the residual scale (``uc_fusion="residual"``; 0 at initialisation), so that a collapse is visible.
 """
 import os
 import sys
@@ -34,6 +36,9 @@ def main(plans_name: str, steps: int, optimizer: str) -> None:
     trainer = trainer_class(plans, "3d_fullres", 0, load_json(join(folder, "dataset.json")), torch.device("cpu"))
     trainer.initialize()  # the trainer's optimizer; its poly LR scheduler is never stepped: constant LR
     network = trainer.network
+    uc_network = network if hasattr(network, "uc_diagnostics") else None
+    if uc_network is not None:
+        uc_network.record_uc_gates()
     loader, _ = trainer.get_dataloaders()
     batches = [next(loader) for _ in range(N_BATCHES)]
     start = time.perf_counter()
@@ -50,6 +55,19 @@ def main(plans_name: str, steps: int, optimizer: str) -> None:
             fractions = [round((predicted == c).float().mean().item(), 4) for c in range(1, output[0].shape[1])]
             print(f"step {step} loss {loss.item():.4f} predicted foreground fractions {fractions} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
+            if uc_network is not None:
+                print(describe_uc_levels(uc_network.uc_diagnostics()), flush=True)
+
+
+def describe_uc_levels(levels: list[dict]) -> str:
+    """One line: per uC level the gate mean, the share of gate values < 0.01 and the residual scale's norm."""
+    parts = []
+    for level in levels:
+        scale = level["residual_scale_norm"]
+        parts.append(f"stage {level['stage']}: gate mean {level['gate_mean']:.3f}, below 0.01 "
+                     f"{100 * level['gate_below_0.01']:.1f}%, residual scale norm "
+                     f"{'-' if scale is None else f'{scale:.4f}'}")
+    return "    uC " + "; ".join(parts)
 
 
 if __name__ == "__main__":

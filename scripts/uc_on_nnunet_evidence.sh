@@ -5,12 +5,19 @@
 #
 #   scripts/uc_on_nnunet_evidence.sh [WORKDIR]        (default ./uc_evidence; DEVICE=cuda to train on a GPU;
 #                                                      EPOCHS=20 ITERATIONS=40 per training, the same for all five;
-#                                                      PARALLEL=1 trains the five at once, which on a CPU shared
-#                                                      with other jobs gets them more of it; times are then those
-#                                                      of concurrent runs)
+#                                                      SEED=0: the synthetic data's seed (one WORKDIR per seed);
+#                                                      MODELS="sgd adamw paper": which trainings (sgd: nnU-Net's
+#                                                      network and its uC version under nnU-Net's recipe; adamw:
+#                                                      the same two under AdamW; paper: UC3DUNet; one of the
+#                                                      pairs: sgd-plain, sgd-uc, adamw-plain, adamw-uc);
+#                                                      CASES=24 TEST_CASES=6: synthetic cases (the smoke test
+#                                                      uses fewer);
+#                                                      PARALLEL=1 trains the chosen ones at once, which on a CPU
+#                                                      shared with other jobs gets them more of it; times are then
+#                                                      those of concurrent runs)
 #
 # Steps (a finished step is skipped when the script runs again):
-#   1. nnunetv2_uc synth (24 training + 6 held-out cases, seed 0), nnUNetv2_plan_and_preprocess -c 3d_fullres
+#   1. nnunetv2_uc synth (24 training + 6 held-out cases, seed SEED), nnUNetv2_plan_and_preprocess -c 3d_fullres
 #   2. plans (scripts/uc_plans_by_hand.py): nnUNetPlans_evidence = the 3d_fullres configuration at patch 32x64x64,
 #      batch 2, nnU-Net's topology for that patch with widths 8..128 (the paper UC3DUNet at the same patch and batch,
 #      widths [8, 16, 32, 64, 128, 8]: a third of the paper's, the demo's CPU width); nnUNetPlans_evidence_UCUNet =
@@ -28,16 +35,29 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WORK=$(realpath -m "${1:-./uc_evidence}")
 DEVICE=${DEVICE:-cpu}
 PARALLEL=${PARALLEL:-0}
+SEED=${SEED:-0}
+CASES=${CASES:-24}
+TEST_CASES=${TEST_CASES:-6}
+RECIPES=${MODELS:-sgd adamw paper}
 export UC_EVIDENCE_EPOCHS=${EPOCHS:-20} UC_EVIDENCE_ITERATIONS=${ITERATIONS:-40}
 DATASET=Dataset990_SyntheticCT
 BASE_PLANS=nnUNetPlans_evidence
 UC_PLANS=nnUNetPlans_evidence_UCUNet
-# model name in the comparison (TRAINER or TRAINER__PLANS) -> "trainer plans"
-MODELS=("nnUNetTrainer_evidence:nnUNetTrainer_evidence $BASE_PLANS"
-        "nnUNetTrainer_evidence__$UC_PLANS:nnUNetTrainer_evidence $UC_PLANS"
-        "nnUNetTrainerUC_evidence:nnUNetTrainerUC_evidence $BASE_PLANS"
-        "nnUNetTrainerAdamW_evidence:nnUNetTrainerAdamW_evidence $BASE_PLANS"
-        "nnUNetTrainerAdamW_evidence__$UC_PLANS:nnUNetTrainerAdamW_evidence $UC_PLANS")
+# model name in the comparison (TRAINER or TRAINER__PLANS) -> "trainer plans", per recipe
+declare -A RECIPE_MODELS=(
+    [sgd-plain]="nnUNetTrainer_evidence:nnUNetTrainer_evidence $BASE_PLANS"
+    [sgd-uc]="nnUNetTrainer_evidence__$UC_PLANS:nnUNetTrainer_evidence $UC_PLANS"
+    [adamw-plain]="nnUNetTrainerAdamW_evidence:nnUNetTrainerAdamW_evidence $BASE_PLANS"
+    [adamw-uc]="nnUNetTrainerAdamW_evidence__$UC_PLANS:nnUNetTrainerAdamW_evidence $UC_PLANS"
+    [paper]="nnUNetTrainerUC_evidence:nnUNetTrainerUC_evidence $BASE_PLANS")
+RECIPE_MODELS[sgd]="${RECIPE_MODELS[sgd-plain]}|${RECIPE_MODELS[sgd-uc]}"
+RECIPE_MODELS[adamw]="${RECIPE_MODELS[adamw-plain]}|${RECIPE_MODELS[adamw-uc]}"
+MODELS=()
+for recipe in $RECIPES; do
+    [ -n "${RECIPE_MODELS[$recipe]+x}" ] || { echo "unknown entry '$recipe' in MODELS (${!RECIPE_MODELS[*]})" >&2; exit 2; }
+    IFS='|' read -r -a entries <<< "${RECIPE_MODELS[$recipe]}"
+    MODELS+=("${entries[@]}")
+done
 
 mkdir -p "$WORK"
 export nnUNet_raw=$WORK/nnUNet_raw nnUNet_preprocessed=$WORK/nnUNet_preprocessed nnUNet_results=$WORK/nnUNet_results
@@ -50,9 +70,9 @@ PRE=$nnUNet_preprocessed/$DATASET
 
 log() { echo "[evidence $(date '+%F %T') load $(cut -d' ' -f1-3 /proc/loadavg)] $*" | tee -a "$WORK/evidence.log"; }
 
-log "start: $(nproc) cores, device $DEVICE, workdir $WORK, $UC_EVIDENCE_EPOCHS epochs x $UC_EVIDENCE_ITERATIONS iterations"
+log "start: $(nproc) cores, device $DEVICE, workdir $WORK, data seed $SEED, models: $RECIPES, $UC_EVIDENCE_EPOCHS epochs x $UC_EVIDENCE_ITERATIONS iterations"
 if [ ! -f "$RAW/dataset.json" ]; then
-    nice -n 10 nnunetv2_uc synth --dataset-id 990 --cases 24 --test-cases 6 --seed 0
+    nice -n 10 nnunetv2_uc synth --dataset-id 990 --cases "$CASES" --test-cases "$TEST_CASES" --seed "$SEED"
 fi
 if [ ! -f "$PRE/nnUNetPlans.json" ]; then  # nnUNet_n_proc_DA=0 would crash nnU-Net's planning: leave it unset
     nice -n 10 env -u nnUNet_n_proc_DA nnUNetv2_plan_and_preprocess -d 990 -c 3d_fullres -np 2 \
@@ -60,7 +80,7 @@ if [ ! -f "$PRE/nnUNetPlans.json" ]; then  # nnUNet_n_proc_DA=0 would crash nnU-
 fi
 python "$HERE/uc_plans_by_hand.py" small "$PRE" nnUNetPlans "$BASE_PLANS" --patch 32 64 64 --batch 2 \
     --features 8 16 32 64 128 --uc3dunet-features 8 16 32 64 128 8 > /dev/null
-python "$HERE/uc_plans_by_hand.py" uc "$PRE" "$BASE_PLANS" "$UC_PLANS" > /dev/null
+python "$HERE/uc_plans_by_hand.py" uc "$PRE" "$BASE_PLANS" "$UC_PLANS" > /dev/null  # uc_fusion "residual"
 nnunetv2_uc cost -d 990 -p "$BASE_PLANS" | tee "$WORK/cost.md"
 
 TIMEFORMAT="%R s wall, %U s user, %S s sys"
