@@ -173,7 +173,9 @@ class ClusterSurvivalMixin:
             if failures:
                 self._cluster_report(f"[nnunetv2_uc] resuming from {candidate} instead (epoch "
                                      f"{checkpoint['current_epoch']})")
-            super().load_checkpoint(checkpoint)
+            # by name: nnU-Net 2.8.1's load_checkpoint does not accept the dict it documents (it reads the file
+            # again, a second or so for a paper-width network; resuming only)
+            super().load_checkpoint(candidate)
             return
         raise RuntimeError(f"no checkpoint loads: {failures or [filename_or_checkpoint]} (see the messages above); "
                            "remove them to start the fold from scratch")
