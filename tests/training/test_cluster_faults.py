@@ -139,7 +139,8 @@ class Run:
         return code
 
     def output(self) -> str:
-        self.handle.flush()
+        if not self.handle.closed:
+            self.handle.flush()
         return self.out.read_text()[-4000:] + "\n--- training log ---\n" + self.log()[-3000:]
 
 
