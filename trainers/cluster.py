@@ -8,8 +8,8 @@ on SIGTERM / SIGUSR1 and a resume that never trips over a broken checkpoint.
   any moment leaves the old or the new file, never a truncated one. Temporary files a kill left behind are removed
   when training starts.
 - **Resume that reports.** ``nnUNetv2_train ... --c`` picks checkpoint_final -> latest -> best by existence;
-  ``load_checkpoint`` here reads the chosen file and, if it does not load, names it on stderr and in the training
-  log and goes on with the next one that loads (final -> latest -> best), never silently.
+  ``load_checkpoint`` here reads the chosen file and the ones after it (final -> latest -> best), names every one
+  that does not load on stderr and in the training log, and resumes from the newest (highest epoch) that loads.
 - **Checkpoints by time.** Besides nnU-Net's every ``save_every`` epochs, ``checkpoint_latest.pth`` is written after
   an epoch when more than ``$NNUNETV2_UC_CHECKPOINT_MINUTES`` minutes (default 30) have passed since the last one.
 - **A clean stop on a signal.** On SIGTERM or SIGUSR1 (SLURM's ``--signal=B:USR1@120``) the trainer finishes the
@@ -155,30 +155,36 @@ class ClusterSurvivalMixin:
     # ------------------------------------------------------------------ resume
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """Load the checkpoint nnU-Net chose; if it does not load, say so by name and use the next one that does."""
+        """Load the newest checkpoint that loads, starting from the one nnU-Net chose (final -> latest -> best).
+
+        A file that does not load is named on stderr and in the log and skipped. Among those that load, the one
+        with the highest epoch wins (a kill while checkpoint_latest.pth was being replaced can leave a newer
+        checkpoint_best.pth); on a tie nnU-Net's order decides.
+        """
         if not isinstance(filename_or_checkpoint, str):
             super().load_checkpoint(filename_or_checkpoint)
             return
-        failures = []
+        failures, epochs = [], {}
         for candidate in [filename_or_checkpoint, *fallbacks(filename_or_checkpoint)]:
             if not isfile(candidate):
                 continue
             try:
-                checkpoint = read_checkpoint(candidate, self.device)
+                epochs[candidate] = int(read_checkpoint(candidate, torch.device("cpu"))["current_epoch"])
             except Exception as error:  # noqa: BLE001 - any failure to read is reported by name and skipped
                 failures.append(candidate)
                 self._cluster_report(f"[nnunetv2_uc] checkpoint {candidate} does not load ({type(error).__name__}: "
                                      f"{str(error)[:200]}); skipping it")
-                continue
-            if failures:
-                self._cluster_report(f"[nnunetv2_uc] resuming from {candidate} instead (epoch "
-                                     f"{checkpoint['current_epoch']})")
-            # by name: nnU-Net 2.8.1's load_checkpoint does not accept the dict it documents (it reads the file
-            # again, a second or so for a paper-width network; resuming only)
-            super().load_checkpoint(candidate)
-            return
-        raise RuntimeError(f"no checkpoint loads: {failures or [filename_or_checkpoint]} (see the messages above); "
-                           "remove them to start the fold from scratch")
+        if not epochs:
+            raise RuntimeError(f"no checkpoint loads: {failures or [filename_or_checkpoint]} (see the messages "
+                               "above); remove them to start the fold from scratch")
+        chosen = max(epochs, key=lambda path: epochs[path])  # first of the highest: nnU-Net's order on a tie
+        if chosen != filename_or_checkpoint:
+            why = "does not load" if filename_or_checkpoint in failures else f"epoch {epochs[filename_or_checkpoint]}"
+            self._cluster_report(f"[nnunetv2_uc] resuming from {chosen} instead (epoch {epochs[chosen]}; "
+                                 f"{basename(filename_or_checkpoint)}: {why})")
+        # by name: nnU-Net 2.8.1's load_checkpoint does not accept the dict it documents (it reads the file again;
+        # resuming only)
+        super().load_checkpoint(chosen)
 
     def _cluster_report(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -187,9 +193,6 @@ class ClusterSurvivalMixin:
     # ------------------------------------------------------------------ checkpoints by time
 
     def on_train_start(self) -> None:
-        self._cluster_stop_signal: int | None = None
-        self._cluster_finished_training = False
-        self._cluster_install_handlers()
         removed = remove_stale_temporaries(self.output_folder) if self.local_rank == 0 else []
         for name in removed:
             self.print_to_log_file(f"[nnunetv2_uc] removed {name}, an unfinished checkpoint write of a killed run")
@@ -260,7 +263,14 @@ class ClusterSurvivalMixin:
         return result
 
     def run_training(self) -> None:
-        """nnU-Net's training loop; on a stop signal: checkpoint, data loaders shut down, exit code 85."""
+        """nnU-Net's training loop; on a stop signal: checkpoint, data loaders shut down, exit code 85.
+
+        The handlers are set here, before nnU-Net's ``on_train_start`` starts the data-augmentation workers (forked
+        workers inherit them and keep running until they are shut down), and stay for the final validation.
+        """
+        self._cluster_stop_signal: int | None = None
+        self._cluster_finished_training = False
+        self._cluster_install_handlers()
         try:
             super().run_training()
         except StopRequested:

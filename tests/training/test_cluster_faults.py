@@ -10,7 +10,7 @@ One tiny preprocessed dataset, the TEST ONLY trainer ``nnUNetTrainerUC_fault`` (
    checkpoint_latest.pth holds the interrupted epoch, no process left, no epoch trained twice but the interrupted.
 3. fold 2: a copy of fold 1's stopped state with checkpoint_latest.pth truncated: ``--c`` names the broken file and
    goes on from checkpoint_best.pth.
-4. fold 1's first run writes checkpoint_latest.pth by time (NNUNETV2_UC_CHECKPOINT_MINUTES = 0.2, 12 s); a
+4. fold 1's first run writes checkpoint_latest.pth by time (NNUNETV2_UC_CHECKPOINT_MINUTES = 0.05, 3 s); a
    watcher torch.loads every version it sees: never a partial file, never more than M plus one epoch apart.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ TRAINER = "nnUNetTrainerUC_fault"
 EPOCHS = 4
 STOP_CODE = 85
 BIN = Path(sys.executable).parent
-TIME_MINUTES = 0.2
+TIME_MINUTES = 0.05
 SEED = int(os.environ.get("NNUNETV2_UC_FAULT_SEED", "0")) or random.SystemRandom().randrange(1, 10**6)
 EPOCH_LINE = re.compile(r"^(\S+ \S+): Epoch (\d+)\s*$", re.M)
 
@@ -114,7 +114,7 @@ class Run:
         new = logs(self.folder)[self.n_logs:]
         return new[-1].read_text() if new else ""
 
-    def wait_until(self, condition, what: str, timeout: float = 300) -> None:
+    def wait_until(self, condition, what: str, timeout: float = 1800) -> None:  # a busy 2-core CI machine is slow
         deadline = time.time() + timeout
         while time.time() < deadline:
             if condition():
@@ -145,11 +145,12 @@ class Run:
 
 
 def resume_pick(folder: Path) -> Path:
-    """The checkpoint nnU-Net's ``--c`` picks: final -> latest -> best, by existence."""
-    for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
-        if (folder / name).is_file():
-            return folder / name
-    raise AssertionError(f"no checkpoint in {folder}")
+    """The newest complete checkpoint (highest epoch; nnU-Net's order final -> latest -> best on a tie)."""
+    epochs = {folder / name: load(folder / name)["current_epoch"]
+              for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+              if (folder / name).is_file()}
+    assert epochs, f"no checkpoint in {folder}"
+    return max(epochs, key=lambda path: epochs[path])
 
 
 def assert_every_checkpoint_loads(folder: Path) -> dict[str, int]:
@@ -205,8 +206,8 @@ def dataset(tmp_path_factory):
     export = subprocess.run([str(BIN / "nnunetv2_uc"), "env"], env=env, capture_output=True, text=True,
                             check=True).stdout.strip()
     env["nnUNet_extTrainer"] = f"{FIXTURES / 'fault_trainers'}{os.pathsep}{export.split('=', 1)[1].strip(chr(39))}"
-    subprocess.run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1"],
-                   env={**env, "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}, cwd=root, check=True,
+    subprocess.run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1",
+                    "-npfp", "1"], env={**env, "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}, cwd=root, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     print(f"fault tests: seed {SEED} (NNUNETV2_UC_FAULT_SEED to repeat)")
     return root, env
@@ -270,10 +271,11 @@ def killed(dataset):
     run.wait_until(lambda: epochs_started(run.log()), "the first epoch of the resumed run")
     kills[0]["resumed_at_epoch"] = epochs_started(run.log())[0]
     kills[0]["resume_log"] = run.log()
-    time.sleep(rng.uniform(0.5, 6.0))
+    time.sleep(rng.uniform(0.3, 3.0))
     in_progress = epochs_started(run.log())[-1]
+    was_running = run.proc.poll() is None
     run.kill()
-    kills.append({"moment": "random", "epoch_in_progress": in_progress,
+    kills.append({"moment": "random", "epoch_in_progress": in_progress, "was_running": was_running,
                   "temporaries": sorted(p.name for p in folder.glob(".*.pth.tmp-*")),
                   "checkpoints": assert_every_checkpoint_loads(folder), "resume_from": resume_pick(folder).name,
                   "resume_epoch": load(resume_pick(folder))["current_epoch"],
@@ -290,11 +292,14 @@ def killed(dataset):
     return root, folder, kills
 
 
-def test_kill_9_resumes_from_the_last_complete_checkpoint(killed):
+def test_kill_9_resumes_from_the_newest_complete_checkpoint(killed):
     _, _, kills = killed
     first, second = kills
     assert first["temporaries"], "the kill did not land inside a checkpoint write"
+    assert second["was_running"], "training ended before the random kill"
     assert first["checkpoints"]["checkpoint_latest.pth"] == 1  # the previous complete version, not a broken one
+    for kill in kills:  # the newest that loads, e.g. a checkpoint_best.pth written just before the killed write
+        assert kill["resume_epoch"] == max(kill["checkpoints"].values()), kill
     for kill in kills:
         assert kill["resumed_at_epoch"] == kill["resume_epoch"], kill
         assert kill["epoch_in_progress"] - kill["resume_epoch"] <= 1  # at most the epoch in progress is lost
@@ -321,7 +326,7 @@ def stop_with(run: Run, signum: int, epoch: int) -> dict:
     workers = descendants(run.proc.pid)
     sent = time.time()
     run.proc.send_signal(signum)  # to the process only, as slurm_train_5fold.sh forwards it
-    code = run.finish(timeout=120)
+    code = run.finish(timeout=900)
     return {"code": code, "seconds_to_exit": time.time() - sent, "workers": workers,
             "workers_left": sorted(pid for pid in workers if alive(pid)), "log": run.log(), "output": run.output()}
 
@@ -352,7 +357,10 @@ def signalled(dataset):
 def test_signal_stops_within_an_iteration_with_a_checkpoint_of_the_epoch(signalled, which, name, epoch):
     stopped = signalled[2 + which]
     assert stopped["code"] == STOP_CODE, stopped["output"]
-    assert stopped["seconds_to_exit"] < 30, stopped["seconds_to_exit"]  # an iteration, a checkpoint, the workers
+    # within the iteration: at most about one iteration (an epoch is 4 training + 1 validation iterations), the
+    # checkpoint and the workers' shutdown; the bound follows the machine's speed, seen in the epochs of this run
+    iteration = max(float(t) for t in re.findall(r"Epoch time: ([\d.]+) s", stopped["log"])) / 5
+    assert stopped["seconds_to_exit"] < 2 * iteration + 15, (stopped["seconds_to_exit"], iteration)
     assert stopped["latest"] == epoch
     assert f"stopped on {name} during epoch {epoch}" in stopped["log"]
     assert epochs_started(stopped["log"])[-1] == epoch
@@ -401,10 +409,10 @@ def test_truncated_latest_is_named_and_resume_goes_on_from_best(signalled, datas
     run = Run(root, env, 2, "truncated", True, nnUNet_n_proc_DA="0")
     run.wait_until(lambda: "Epoch time" in run.log(), "one epoch trained after the broken checkpoint")
     run.proc.send_signal(signal.SIGTERM)
-    assert run.finish(timeout=120) == STOP_CODE, run.output()
+    assert run.finish(timeout=900) == STOP_CODE, run.output()
     output = run.out.read_text()
     assert f"checkpoint {latest} does not load" in output
-    assert f"resuming from {folder / 'checkpoint_best.pth'} instead (epoch {best_epoch})" in output
+    assert f"resuming from {folder / 'checkpoint_best.pth'} instead (epoch {best_epoch}; " in output
     assert f"checkpoint {latest} does not load" in logs(folder)[-1].read_text()
     assert epochs_started(run.log())[0] == best_epoch
     assert load(latest)["current_epoch"] >= best_epoch  # rewritten whole by the stop
