@@ -12,9 +12,11 @@
 # workers, at least 1 and at most 12 (nnU-Net's default per GPU); an nnUNet_n_proc_DA you export is kept.
 # For one big fold on several GPUs use nnU-Net's DDP instead:
 #   nnUNetv2_train D CONFIG 0 -tr TRAINER -num_gpus N   (batch size must be >= N)
+# Rerunning the script resumes: a fold with checkpoint_final.pth and validation/summary.json is skipped, one with
+# only checkpoint_final.pth is validated (--val), one with checkpoint_latest/best.pth resumes with --c.
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
 dry_run=0
 gpus="${CUDA_VISIBLE_DEVICES:-}"
@@ -61,22 +63,56 @@ if [[ -z "${nnUNet_n_proc_DA:-}" ]]; then
     if (( n_proc_da > 12 )); then n_proc_da=12; fi
 fi
 
-fold_command() {  # fold gpu
+plans="nnUNetPlans"
+find_best="nnUNetv2_find_best_configuration $dataset -c $config -tr $trainer"
+for ((i = 0; i < ${#extra[@]}; i++)); do  # the same plans for find_best
+    if [[ "${extra[$i]}" == "-p" && $((i + 1)) -lt ${#extra[@]} ]]; then
+        plans="${extra[$((i + 1))]}"
+        find_best+=" -p $plans"
+    fi
+done
+
+# the trainer's results folder (nothing when nnUNet_results or the dataset's folder is not there yet)
+train_dir=""
+if [[ -n "${nnUNet_results:-}" ]]; then
+    dataset_name="$dataset"
+    if [[ "$dataset" =~ ^[0-9]+$ ]]; then
+        dataset_name=""
+        for candidate in "$nnUNet_results"/Dataset"$(printf '%03d' "$((10#$dataset))")"_*; do
+            if [[ -d "$candidate" ]]; then dataset_name="$(basename "$candidate")"; fi
+        done
+    fi
+    if [[ -n "$dataset_name" ]]; then train_dir="$nnUNet_results/$dataset_name/${trainer}__${plans}__${config}"; fi
+fi
+
+fold_state() {  # fold -> done | validate | resume | new
+    local dir="$train_dir/fold_$1"
+    if [[ -z "$train_dir" ]]; then echo new
+    elif [[ -f "$dir/checkpoint_final.pth" && -f "$dir/validation/summary.json" ]]; then echo done
+    elif [[ -f "$dir/checkpoint_final.pth" ]]; then echo validate
+    elif [[ -f "$dir/checkpoint_latest.pth" || -f "$dir/checkpoint_best.pth" ]]; then echo resume
+    else echo new; fi
+}
+
+fold_command() {  # fold gpu state
     local prefix=""
     if [[ -n "$2" ]]; then prefix="CUDA_VISIBLE_DEVICES=$2 "; fi
     prefix+="nnUNet_n_proc_DA=$n_proc_da "
     local device=""
     if [[ -z "$2" ]]; then device=" -device cpu"; fi
-    echo "${prefix}nnUNetv2_train $dataset $config $1 -tr $trainer --npz$device${extra[*]:+ ${extra[*]}}"
+    local more=""
+    case "$3" in
+        resume) more=" --c" ;;
+        validate) more=" --val" ;;
+    esac
+    echo "${prefix}nnUNetv2_train $dataset $config $1 -tr $trainer --npz$device${extra[*]:+ ${extra[*]}}$more"
 }
-find_best="nnUNetv2_find_best_configuration $dataset -c $config -tr $trainer"
-for ((i = 0; i < ${#extra[@]}; i++)); do  # the same plans for find_best
-    if [[ "${extra[$i]}" == "-p" && $((i + 1)) -lt ${#extra[@]} ]]; then find_best+=" -p ${extra[$((i + 1))]}"; fi
-done
 
 if [[ $dry_run -eq 1 ]]; then
     for fold in 0 1 2 3 4; do
-        fold_command "$fold" "${gpu_list[$((fold % n_slots))]:-}"
+        state="$(fold_state "$fold")"
+        if [[ "$state" == done ]]; then echo "# fold $fold done (checkpoint_final.pth, validation/summary.json)"; continue; fi
+        fold_command "$fold" "${gpu_list[$((fold % n_slots))]:-}" "$state"
     done
     echo "$find_best"
     exit 0
@@ -86,19 +122,27 @@ log_dir="$nnUNet_results/train_5fold_logs"
 mkdir -p "$log_dir"
 declare -A slot_pid=()
 failed=0
+next_slot=0
 for fold in 0 1 2 3 4; do
-    slot=$((fold % n_slots))
+    state="$(fold_state "$fold")"
+    if [[ "$state" == done ]]; then
+        echo "[train_5fold] fold $fold is done (checkpoint_final.pth, validation/summary.json): skipped"
+        continue
+    fi
+    slot=$((next_slot % n_slots))
+    next_slot=$((next_slot + 1))
     if [[ -n "${slot_pid[$slot]:-}" ]]; then  # queue: wait for this slot's previous fold
         wait "${slot_pid[$slot]}" || failed=1
     fi
-    cmd="$(fold_command "$fold" "${gpu_list[$slot]:-}")"
+    cmd="$(fold_command "$fold" "${gpu_list[$slot]:-}" "$state")"
     echo "[train_5fold] $cmd  (log: $log_dir/${trainer}_${config}_fold$fold.log)"
     bash -c "$cmd" > "$log_dir/${trainer}_${config}_fold$fold.log" 2>&1 &
     slot_pid[$slot]=$!
 done
 for pid in "${slot_pid[@]}"; do wait "$pid" || failed=1; done
 if [[ $failed -ne 0 ]]; then
-    echo "[train_5fold] a fold failed; see $log_dir. Re-run the failed fold with --c to resume it." >&2
+    echo "[train_5fold] a fold failed or was stopped (exit code 85: stopped on a signal with checkpoint_latest.pth);" \
+         "see $log_dir. Rerun this script: it resumes the unfinished folds with --c." >&2
     exit 1
 fi
 echo "[train_5fold] $find_best"

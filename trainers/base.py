@@ -1,5 +1,5 @@
 """Shared behaviour of the plugin trainers: plans preparation (the trained network named in the plans), AdamW +
-poly LR, deep supervision only where the network has it."""
+poly LR, deep supervision only where the network has it, training that survives the cluster (trainers/cluster.py)."""
 from __future__ import annotations
 
 import os
@@ -18,6 +18,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunetv2_uc import provenance
 from nnunetv2_uc.architectures.registry import NetworkEntry
 from nnunetv2_uc.planning.memory import GIB
+from nnunetv2_uc.trainers.cluster import ClusterSurvivalMixin
 from nnunetv2_uc.trainers.plans_preparation import PreparedPlans, prepare_plans, trained_architecture
 from nnunetv2_uc.uc_plans import has_uc_connections
 
@@ -59,7 +60,7 @@ def adamw_with_poly_lr(parameters, initial_lr: float, num_epochs: int, weight_de
     return optimizer, PolyLRScheduler(optimizer, initial_lr, num_epochs)
 
 
-class PaperNetworkTrainer(nnUNetTrainer):
+class PaperNetworkTrainer(ClusterSurvivalMixin, nnUNetTrainer):
     """nnU-Net's full pipeline with a paper network (or the plugin network the plans name), AdamW + poly LR.
 
     On nnU-Net's default plans the trainer's network replaces nnU-Net's U-Net, with patch and batch adapted
@@ -69,6 +70,10 @@ class PaperNetworkTrainer(nnUNetTrainer):
     Optimizer recipe (see README): AdamW lr 5e-4, eps 1e-4, weight decay 3e-5, poly LR (exponent 0.9) over
     nnU-Net's 1000 x 250 schedule, as in DKFZ's nnU-Net wrapper of 3D UX-Net (MIC-DKFZ/MedNeXt,
     ``nnUNetTrainerV2_3DUXNet``). Everything else (loss, augmentation, sampling, validation) is nnU-Net's.
+
+    Cluster survival (``ClusterSurvivalMixin``, trainers/cluster.py): atomic checkpoints, checkpoint_latest.pth also
+    by time ($NNUNETV2_UC_CHECKPOINT_MINUTES, default 30), a clean stop with exit code 85 on SIGTERM/SIGUSR1, a
+    resume that names and skips a checkpoint that does not load.
     """
 
     registry_entry: NetworkEntry  # the network this trainer trains (set by the concrete trainers)

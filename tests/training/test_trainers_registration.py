@@ -184,6 +184,24 @@ def test_train_5fold_dry_run_cpu_config_and_extra_args():
     assert len(lines) == 6 and lines[-1].endswith("-tr nnUNetTrainerUXNet -p MyPlans")
 
 
+def test_train_5fold_resumes_unfinished_folds(tmp_path):
+    trained = tmp_path / "Dataset004_Hippocampus" / "nnUNetTrainerUC__MyPlans__3d_fullres"
+    files = {0: ["checkpoint_final.pth", "validation/summary.json"], 1: ["checkpoint_final.pth"],
+             2: ["checkpoint_latest.pth", "checkpoint_best.pth"], 3: ["checkpoint_best.pth"], 4: []}
+    for fold, names in files.items():
+        (trained / f"fold_{fold}" / "validation").mkdir(parents=True)
+        for name in names:
+            (trained / f"fold_{fold}" / name).write_text("x")
+    proc = _dry_run("4", "nnUNetTrainerUC", "--", "-p", "MyPlans",
+                    env_extra={"SLURM_CPUS_PER_TASK": "2", "nnUNet_results": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    train = "nnUNet_n_proc_DA=2 nnUNetv2_train 4 3d_fullres {} -tr nnUNetTrainerUC --npz -device cpu -p MyPlans"
+    assert lines[:5] == ["# fold 0 done (checkpoint_final.pth, validation/summary.json)",
+                         train.format(1) + " --val", train.format(2) + " --c", train.format(3) + " --c",
+                         train.format(4)]
+
+
 def test_train_5fold_usage_error():
     proc = _dry_run("4")
     assert proc.returncode == 2 and "give DATASET and TRAINER" in proc.stderr
@@ -195,3 +213,63 @@ def test_slurm_template_is_valid_bash_array_job():
     text = script.read_text()
     assert "#SBATCH --array=0-4" in text and 'eval "$(nnunetv2_uc env)"' in text and "--c" in text
     assert 'export nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-${SLURM_CPUS_PER_TASK:-12}}"' in text
+    assert "#SBATCH --signal=B:USR1@120" in text and "#SBATCH --requeue" in text
+
+
+FAKE_TRAIN = """#!/usr/bin/env bash
+# fake nnUNetv2_train: records its arguments, exits 85 on USR1/TERM (as the plugin's trainers do), else $FAKE_EXIT
+echo "$@" > "$FAKE_DIR/args"
+trap 'echo USR1 > "$FAKE_DIR/signal"; exit 85' USR1
+trap 'echo TERM > "$FAKE_DIR/signal"; exit 85' TERM
+touch "$FAKE_DIR/started"
+for i in $(seq "$FAKE_LOOPS"); do sleep 0.05; done
+exit "${FAKE_EXIT:-0}"
+"""
+
+
+def _fake_slurm_task(tmp_path: Path, fake_exit: int, signum: int | None) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run the SLURM template as array task 2 of job 77 with fake nnUNetv2_train / scontrol / nnunetv2_uc on PATH."""
+    import signal
+    import time
+
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    scripts = {"nnUNetv2_train": FAKE_TRAIN,
+               "scontrol": '#!/usr/bin/env bash\necho "$@" >> "$FAKE_DIR/scontrol"\n',
+               "nnunetv2_uc": "#!/usr/bin/env bash\necho export nnUNet_extTrainer=/shim\n"}
+    for name, text in scripts.items():
+        (fakes / name).write_text(text)
+        (fakes / name).chmod(0o755)
+    env = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_DIR": str(tmp_path), "FAKE_EXIT": str(fake_exit),
+           "FAKE_LOOPS": "1200" if signum is not None else "1",
+           "DATASET": "4", "TRAINER": "nnUNetTrainerUC", "nnUNet_raw": "r", "nnUNet_preprocessed": "p",
+           "nnUNet_results": "res", "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_JOB_ID": "77", "SLURM_JOB_ID": "79"}
+    proc = subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "slurm_train_5fold.sh")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if signum is not None:
+        deadline = time.time() + 20
+        while not (tmp_path / "started").exists() and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signum)  # what SLURM does with --signal=B:USR1@120: to the batch shell only
+    out, _ = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out), tmp_path
+
+
+@pytest.mark.parametrize("signame", ["SIGUSR1", "SIGTERM"])
+def test_slurm_template_forwards_the_signal_and_requeues_the_task(tmp_path, signame):
+    import signal
+
+    proc, fake = _fake_slurm_task(tmp_path, 0, getattr(signal, signame))
+    assert proc.returncode == 0, proc.stdout
+    assert (fake / "signal").read_text().strip() == signame[3:]  # forwarded to the training
+    assert (fake / "args").read_text().split() == ["4", "3d_fullres", "2", "-tr", "nnUNetTrainerUC", "--npz", "--c"]
+    assert (fake / "scontrol").read_text().strip() == "requeue 77_2"
+    assert "requeueing 77_2" in proc.stdout
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_slurm_template_does_not_requeue_a_finished_or_failed_task(tmp_path, code):
+    proc, fake = _fake_slurm_task(tmp_path, code, None)
+    assert proc.returncode == code, proc.stdout
+    assert not (fake / "scontrol").exists()
+    assert "--c" in (fake / "args").read_text().split()
