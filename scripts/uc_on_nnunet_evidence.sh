@@ -130,7 +130,8 @@ print("| Model | #Params (M) | GMACs | Train (min) | epochs x iterations | mIoU 
 print("|---|---|---|---|---|---|---|---|---|---|")
 for name in names:
     test = json.loads((work / f"test_{name}.json").read_text())["mean_case_first"]
-    model = json.loads((work / f"cv.{name}.json").read_text())["model"]
+    per_model = work / f"cv.{name}.json"  # evaluate writes cv.json alone for a single model
+    model = json.loads((per_model if len(names) > 1 else work / "cv.json").read_text())["model"]
     minutes = model["train_seconds"]["0"] / 60
     print(f"| {name} | {model['parameters'] / 1e6:.2f} | {model['gmacs']:.3f} | {minutes:.1f} | "
           f"{model['epochs']['0']} x {iterations} | {100 * test['iou']:.2f} | {100 * test['dice']:.2f} | "
