@@ -204,6 +204,9 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     env = nnunet_env(root)
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # less contention on a small shared machine
+    # every training step lasts >= 0.5 s (test trainer): on an idle machine an epoch of 4 steps took 0.6 s, and a
+    # signal sent 1 s into the last epoch landed after its last iteration
+    env["NNUNETV2_UC_TEST_STEP_SECONDS"] = "0.5"
     write_raw_dataset(root / "raw", DATASET_ID, "Faults", 6, 0, seed=0)
     export = subprocess.run([str(BIN / "nnunetv2_uc"), "env"], env=env, capture_output=True, text=True,
                             check=True).stdout.strip()
