@@ -39,6 +39,8 @@ The entries a plan adds to arch_kwargs (``uc_arch_kwargs`` derives them from the
                    level, capped at max(features_per_stage).
     uc_slice_axis  "first" (default: in-plane slices of nnU-Net's tensors) or "last" (the original's fold).
     uc_fusion      "residual" (planned) or "replace" (absent: plans written before it existed).
+    uc_residual_gain  residual only: gamma = gain * residual_scale; planned 0.1 (absent: 1.0, residual plans
+                   written before it existed).
 
 A plan then names ``nnunetv2_uc.architectures.uc_unet.UCPlainConvUNet`` (or ``UCResidualEncoderUNet``) as its
 ``network_class_name``; nnU-Net's ``get_network_from_plans`` builds and He-initialises it.
@@ -70,6 +72,11 @@ MIN_DEFAULT_PLANE = 16  # default uC stages: in-plane map >= 16 voxels at the pl
 UC_FUSIONS = ("residual", "replace")  # how a uC skip enters its decoder stage (module docstring)
 PLANNED_FUSION = "residual"  # what new plans get
 LEGACY_FUSION = "replace"  # what plans without uc_fusion (written before it existed) build
+# residual: gamma = gain * residual_scale. Under SGD the gain scales gamma's step by gain^2 (gain under Adam), so at
+# 0.1 the uC path opens ~10x more slowly than at 1 (measured: norm 0.026 vs 0.33 after 150 SGD steps), while the
+# uC modules it scales learn. 1.0: plans written before uc_residual_gain existed (2026-12-04).
+PLANNED_RESIDUAL_GAIN = 0.1
+LEGACY_RESIDUAL_GAIN = 1.0
 
 IntOrSeq = Union[int, Sequence[int]]
 
@@ -111,7 +118,8 @@ def uc_widths(stage_width: int, depth: int, max_width: int) -> list[int]:
 def uc_arch_kwargs(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
                    uc_stages: Sequence[int] | None = None, slice_axis: str = "first",
                    fusion: str = PLANNED_FUSION) -> dict:
-    """The uC entries for a 3-D plan's arch_kwargs: ``{"uc_stages", "uc_depths", "uc_slice_axis", "uc_fusion"}``.
+    """The uC entries for a 3-D plan's arch_kwargs: ``{"uc_stages", "uc_depths", "uc_slice_axis", "uc_fusion"}``,
+    plus ``uc_residual_gain`` for the residual fusion.
 
     ``patch_size`` and ``strides`` are the configuration's ``patch_size`` and ``arch_kwargs["strides"]``.
     ``uc_stages`` None: every skip stage whose in-plane map is at least 16 voxels; chosen stages need at least
@@ -150,8 +158,11 @@ def uc_arch_kwargs(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
                 f"of at least {2 * MIN_POOLED_PLANE} to pool once to {MIN_POOLED_PLANE}. Drop stage {s} from "
                 f"uc_stages or enlarge patch_size on axes {axes}")
         depths.append(depth)
-    return {"uc_stages": [int(s) for s in uc_stages], "uc_depths": depths, "uc_slice_axis": slice_axis,
-            "uc_fusion": fusion}
+    kwargs = {"uc_stages": [int(s) for s in uc_stages], "uc_depths": depths, "uc_slice_axis": slice_axis,
+              "uc_fusion": fusion}
+    if fusion == "residual":
+        kwargs["uc_residual_gain"] = PLANNED_RESIDUAL_GAIN
+    return kwargs
 
 
 def _check_uc_stages(uc_stages: Sequence[int], n_stages: int) -> None:
@@ -184,7 +195,8 @@ def _check_3d(conv_op: Type[_ConvNd], kernel_sizes: list, strides: list, network
                                   f"entries of a 3-D configuration")
 
 
-def _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis: str, uc_fusion: str, n_stages: int, network: str) -> None:
+def _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis: str, uc_fusion: str, uc_residual_gain: float,
+                     n_stages: int, network: str) -> None:
     if uc_stages is None or uc_depths is None:
         raise UCPlanError(f"{network} needs arch_kwargs uc_stages and uc_depths; add them to the plan's "
                           f"arch_kwargs with nnunetv2_uc.architectures.uc_unet.uc_arch_kwargs(patch_size, strides)")
@@ -197,6 +209,9 @@ def _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis: str, uc_fusion: str, n
     if uc_fusion not in UC_FUSIONS:
         raise UCPlanError(f"{network}: arch_kwargs uc_fusion must be one of {UC_FUSIONS}, got {uc_fusion!r} "
                           f"(\"{PLANNED_FUSION}\" is what uc_arch_kwargs plans)")
+    if isinstance(uc_residual_gain, bool) or not isinstance(uc_residual_gain, (int, float)) or uc_residual_gain <= 0:
+        raise UCPlanError(f"{network}: arch_kwargs uc_residual_gain must be a number > 0, got {uc_residual_gain!r} "
+                          f"({PLANNED_RESIDUAL_GAIN} is what uc_arch_kwargs plans)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -237,22 +252,28 @@ class UShapedSkipFusion(nn.Module):
 class ResidualUShapedSkip(UShapedSkipFusion):
     """``uc_fusion="residual"``: (up, skip), both (B, C, D0, D1, D2) -> cat[up, skip'], (B, 2C, D0, D1, D2), with
 
-        skip' = skip + residual_scale * (DFi(up, uC(skip)) - skip)
+        skip' = skip + gamma * (DFi(up, uC(skip)) - skip),   gamma = gain * residual_scale
 
     ``residual_scale`` (1, C, 1, 1, 1) starts at zero (ReZero / LayerScale): the output is then exactly
     nnU-Net's cat[up, skip], and the scale's gradient is not zero, so training opens the uC path as far as it
-    helps; a channel at scale 1 is the paper's "replace". The uC and DFi parameters get gradients once the scale
-    moves off zero (after the first optimiser step).
+    helps; a channel at gamma 1 is the paper's "replace". The uC and DFi parameters get gradients once the scale
+    moves off zero (after the first optimiser step). ``gain`` (a constant) sets how fast an optimiser opens it.
     """
 
     maps_per_voxel = 2  # the fused map and the blended skip
 
-    def __init__(self, channels: int, widths_2d: Sequence[int], slice_axis: str) -> None:
+    def __init__(self, channels: int, widths_2d: Sequence[int], slice_axis: str,
+                 gain: float = LEGACY_RESIDUAL_GAIN) -> None:
         super().__init__(channels, widths_2d, slice_axis)
         self.residual_scale = nn.Parameter(torch.zeros(1, channels, 1, 1, 1))
+        self.gain = float(gain)
+
+    def gamma(self) -> torch.Tensor:
+        """The effective per-channel scale (1, C, 1, 1, 1): gain * residual_scale."""
+        return self.gain * self.residual_scale
 
     def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        blended = skip + self.residual_scale * (self.fused(up, skip) - skip)  # (lerp needs one dtype under AMP)
+        blended = skip + self.gamma() * (self.fused(up, skip) - skip)  # (lerp needs one dtype under AMP)
         return torch.cat((up, blended), 1)
 
 
@@ -276,17 +297,18 @@ class UCUNetDecoder(UNetDecoder):
     def __init__(self, encoder: Union[PlainConvEncoder, ResidualEncoder], num_classes: int,
                  n_conv_per_stage: IntOrSeq, deep_supervision: bool, uc_stages: Sequence[int],
                  uc_depths: Sequence[int], slice_axis: str = "first", nonlin_first: bool = False,
-                 fusion: str = LEGACY_FUSION) -> None:
+                 fusion: str = LEGACY_FUSION, residual_gain: float = LEGACY_RESIDUAL_GAIN) -> None:
         super().__init__(encoder, num_classes, n_conv_per_stage, deep_supervision, nonlin_first=nonlin_first)
         widths = list(encoder.output_channels)
         self.uc_fusions = nn.ModuleDict()
         # residual: built on a forked random stream, so that under one seed nnU-Net's parts are initialised with
         # the numbers nnU-Net's network gets (the uC modules come last in module order, also for He init)
+        module_kwargs = {"gain": residual_gain} if fusion == "residual" else {}
         with torch.random.fork_rng(devices=[], enabled=fusion == "residual"):
             for stage, depth in zip(uc_stages, uc_depths):
                 channels = widths[stage]
                 self.uc_fusions[str(stage)] = SKIP_MODULES[fusion](
-                    channels, uc_widths(channels, depth, max(widths)), slice_axis)
+                    channels, uc_widths(channels, depth, max(widths)), slice_axis, **module_kwargs)
         if fusion == "residual":
             return
         for stage in uc_stages:
@@ -341,7 +363,7 @@ class _UCUNet(AbstractDynamicNetworkArchitectures):
     def _checked_plan(self, n_stages: int, features_per_stage: IntOrSeq, conv_op: Type[_ConvNd],
                       kernel_sizes: Union[int, Sequence], strides: Union[int, Sequence], blocks: tuple[str, IntOrSeq],
                       n_conv_per_stage_decoder: IntOrSeq, uc_stages, uc_depths, uc_slice_axis: str,
-                      uc_fusion: str) -> tuple:
+                      uc_fusion: str, uc_residual_gain: float) -> tuple:
         """The per-stage arch_kwargs as lists, checked as nnU-Net's networks assert them (errors name the entry):
         (features_per_stage, kernel_sizes, strides, blocks per stage, n_conv_per_stage_decoder)."""
         name = type(self).__name__
@@ -350,14 +372,15 @@ class _UCUNet(AbstractDynamicNetworkArchitectures):
                                           ("strides", strides), blocks)]
         decoder = _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder", name, "n_stages - 1")
         _check_3d(conv_op, per_stage[1], per_stage[2], name)
-        _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis, uc_fusion, n_stages, name)
+        _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis, uc_fusion, uc_residual_gain, n_stages, name)
         return (*per_stage, decoder)
 
     def _build_decoder(self, num_classes: int, n_conv_per_stage_decoder: list, deep_supervision: bool,
                        uc_stages: Sequence[int], uc_depths: Sequence[int], uc_slice_axis: str, uc_fusion: str,
-                       nonlin_first: bool = False) -> None:
+                       uc_residual_gain: float, nonlin_first: bool = False) -> None:
         self.decoder = UCUNetDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
-                                     uc_stages, uc_depths, uc_slice_axis, nonlin_first=nonlin_first, fusion=uc_fusion)
+                                     uc_stages, uc_depths, uc_slice_axis, nonlin_first=nonlin_first, fusion=uc_fusion,
+                                     residual_gain=uc_residual_gain)
         self.uc_stages, self.uc_depths, self.uc_slice_axis = list(uc_stages), list(uc_depths), uc_slice_axis
         self.uc_fusion = uc_fusion
         self._min_plane = self._smallest_input_plane()
@@ -392,12 +415,12 @@ class _UCUNet(AbstractDynamicNetworkArchitectures):
     def uc_diagnostics(self) -> list[dict]:
         """Per uC level: the stage, its gate statistics of the last recorded forward pass (``gate_mean``,
         ``gate_below_0.01``: share of gate values below 0.01; None before ``record_uc_gates``) and, for
-        ``uc_fusion="residual"``, the L2 norm of its residual scale (0 at initialisation)."""
+        ``uc_fusion="residual"``, the L2 norm of its effective scale gamma (0 at initialisation)."""
         levels = []
         for stage, module in self.decoder.uc_fusions.items():
-            scale = getattr(module, "residual_scale", None)
+            gamma = module.gamma() if isinstance(module, ResidualUShapedSkip) else None
             levels.append({"stage": int(stage), **(module.gate_statistics or {"gate_mean": None, "gate_below_0.01": None}),
-                           "residual_scale_norm": None if scale is None else scale.detach().norm().item()})
+                           "residual_scale_norm": None if gamma is None else gamma.detach().norm().item()})
         return levels
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
@@ -418,6 +441,8 @@ class UCPlainConvUNet(_UCUNet):
         uc_slice_axis: "first" folds D0 (2-D U-Nets on the (D1, D2) slices); "last" folds D2.
         uc_fusion: "residual" (zero-initialised scale: starts as ``PlainConvUNet``) or "replace" (the default, so
             that plans written before this entry existed build the network they trained).
+        uc_residual_gain: residual only, gamma = gain * residual_scale (``uc_arch_kwargs`` plans 0.1; the default
+            1.0 is what residual plans written before this entry existed trained with).
     """
 
     initialize = staticmethod(PlainConvUNet.initialize)
@@ -430,11 +455,12 @@ class UCPlainConvUNet(_UCUNet):
                  nonlin: Union[None, Type[nn.Module]] = None, nonlin_kwargs: dict = None,
                  deep_supervision: bool = False, nonlin_first: bool = False,
                  uc_stages: Sequence[int] | None = None, uc_depths: Sequence[int] | None = None,
-                 uc_slice_axis: str = "first", uc_fusion: str = LEGACY_FUSION) -> None:
+                 uc_slice_axis: str = "first", uc_fusion: str = LEGACY_FUSION,
+                 uc_residual_gain: float = LEGACY_RESIDUAL_GAIN) -> None:
         super().__init__()
         features_per_stage, kernel_sizes, strides, n_conv_per_stage, n_conv_per_stage_decoder = self._checked_plan(
             n_stages, features_per_stage, conv_op, kernel_sizes, strides, ("n_conv_per_stage", n_conv_per_stage),
-            n_conv_per_stage_decoder, uc_stages, uc_depths, uc_slice_axis, uc_fusion)
+            n_conv_per_stage_decoder, uc_stages, uc_depths, uc_slice_axis, uc_fusion, uc_residual_gain)
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stages.0"
         self.keys_to_in_proj = ("encoder.stages.0.0.convs.0.all_modules.0", "encoder.stages.0.0.convs.0.conv")
@@ -443,7 +469,7 @@ class UCPlainConvUNet(_UCUNet):
             conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs,
             return_skips=True, nonlin_first=nonlin_first)
         self._build_decoder(num_classes, n_conv_per_stage_decoder, deep_supervision, uc_stages, uc_depths,
-                            uc_slice_axis, uc_fusion, nonlin_first=nonlin_first)
+                            uc_slice_axis, uc_fusion, uc_residual_gain, nonlin_first=nonlin_first)
 
 
 class UCResidualEncoderUNet(_UCUNet):
@@ -464,11 +490,12 @@ class UCResidualEncoderUNet(_UCUNet):
                  deep_supervision: bool = False, block: Union[Type[BasicBlockD], Type[BottleneckD]] = BasicBlockD,
                  bottleneck_channels: IntOrSeq = None, stem_channels: int = None,
                  uc_stages: Sequence[int] | None = None, uc_depths: Sequence[int] | None = None,
-                 uc_slice_axis: str = "first", uc_fusion: str = LEGACY_FUSION) -> None:
+                 uc_slice_axis: str = "first", uc_fusion: str = LEGACY_FUSION,
+                 uc_residual_gain: float = LEGACY_RESIDUAL_GAIN) -> None:
         super().__init__()
         features_per_stage, kernel_sizes, strides, n_blocks_per_stage, n_conv_per_stage_decoder = self._checked_plan(
             n_stages, features_per_stage, conv_op, kernel_sizes, strides, ("n_blocks_per_stage", n_blocks_per_stage),
-            n_conv_per_stage_decoder, uc_stages, uc_depths, uc_slice_axis, uc_fusion)
+            n_conv_per_stage_decoder, uc_stages, uc_depths, uc_slice_axis, uc_fusion, uc_residual_gain)
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stem"
         self.keys_to_in_proj = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
@@ -477,4 +504,4 @@ class UCResidualEncoderUNet(_UCUNet):
             conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, block,
             bottleneck_channels, return_skips=True, disable_default_stem=False, stem_channels=stem_channels)
         self._build_decoder(num_classes, n_conv_per_stage_decoder, deep_supervision, uc_stages, uc_depths,
-                            uc_slice_axis, uc_fusion)
+                            uc_slice_axis, uc_fusion, uc_residual_gain)

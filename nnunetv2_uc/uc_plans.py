@@ -24,7 +24,7 @@ def import_path(cls: type) -> str:
 UC_VERSION: dict[str, str] = {import_path(PlainConvUNet): import_path(UCPlainConvUNet),
                               import_path(ResidualEncoderUNet): import_path(UCResidualEncoderUNet)}
 #: the arch_kwargs entries the uC version adds
-UC_KWARGS = ("uc_stages", "uc_depths", "uc_slice_axis", "uc_fusion")
+UC_KWARGS = ("uc_stages", "uc_depths", "uc_slice_axis", "uc_fusion", "uc_residual_gain")
 
 
 def has_uc_connections(architecture: dict) -> bool:

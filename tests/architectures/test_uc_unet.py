@@ -111,7 +111,7 @@ def test_topology_equals_the_network_nnunet_builds_from_the_plan(plans, dataset,
     arch = configuration["architecture"]["arch_kwargs"]
     assert [1, 2, 2] in arch["strides"]  # an anisotropic plan
     assert uc_arch_kwargs(configuration["patch_size"], arch["strides"]) == {
-        **expected_uc, "uc_slice_axis": "first", "uc_fusion": "residual"}
+        **expected_uc, "uc_slice_axis": "first", "uc_fusion": "residual", "uc_residual_gain": 0.1}
     reference = _build(configuration, ours=False, init=False)
     ours = _build(configuration, ours=True, init=False, fusion=fusion)
     assert type(ours).__name__ == "UC" + type(reference).__name__
@@ -404,7 +404,8 @@ def test_slice_axis_last_folds_the_last_axis_and_plans_on_axes_0_and_1():
     strides = [[1, 1, 1], [2, 2, 1], [2, 2, 2]]
     # in-plane maps (axes 0, 1): 32x16 at stage 0, 16x8 at stage 1; the smaller side decides
     assert uc_arch_kwargs((32, 16, 6), strides, slice_axis="last") == {
-        "uc_stages": [0], "uc_depths": [2], "uc_slice_axis": "last", "uc_fusion": "residual"}
+        "uc_stages": [0], "uc_depths": [2], "uc_slice_axis": "last", "uc_fusion": "residual",
+        "uc_residual_gain": 0.1}
     uc = uc_arch_kwargs((32, 16, 6), strides, uc_stages=[0, 1], slice_axis="last")
     assert uc["uc_depths"] == [2, 1]
     net = UCPlainConvUNet(input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=nn.Conv3d,
@@ -513,7 +514,9 @@ def test_diagnostics_report_the_gates_and_the_residual_scales():
     assert [level["residual_scale_norm"] for level in levels] == [0.0] * 3
     with torch.no_grad():  # a closed gate at stage 0: every gate value below 0.01
         net.decoder.uc_fusions["0"].fusion.gate_up.bias.fill_(-20.0)
-        net.decoder.uc_fusions["1"].residual_scale.fill_(0.5)  # 8 channels at 0.5: norm sqrt(8) / 2
+        level_1 = net.decoder.uc_fusions["1"]
+        assert level_1.gain == 0.1  # what uc_arch_kwargs plans
+        level_1.residual_scale.fill_(0.5 / level_1.gain)  # 8 channels at gamma 0.5: norm sqrt(8) / 2
     _outputs(net, torch.randn(1, 1, *SMALL_PATCH))
     levels = net.uc_diagnostics()
     assert levels[0]["gate_below_0.01"] == 1.0 and levels[0]["gate_mean"] < 0.01
@@ -521,3 +524,23 @@ def test_diagnostics_report_the_gates_and_the_residual_scales():
     net.record_uc_gates(False)
     assert all(level["gate_mean"] is None for level in net.uc_diagnostics())
     assert len(outputs) == 3
+
+
+def test_residual_plans_without_a_gain_keep_gain_1_and_the_planned_gain_only_rescales_the_scale():
+    """Residual plans written before uc_residual_gain existed build gamma = residual_scale (gain 1); a planned gain
+    g gives the same network as gain 1 with the scale multiplied by g, and a bad gain names the entry."""
+    planned = uc_arch_kwargs(SMALL_PATCH, SMALL_STRIDES, uc_stages=[0, 1, 2])
+    old = {k: v for k, v in planned.items() if k != "uc_residual_gain"}
+    old_net, new_net = small_network(**old), small_network(**planned)
+    assert [m.gain for m in old_net.decoder.uc_fusions.values()] == [1.0] * 3
+    assert [m.gain for m in new_net.decoder.uc_fusions.values()] == [planned["uc_residual_gain"]] * 3 == [0.1] * 3
+    x = torch.randn(1, 1, *SMALL_PATCH)
+    with torch.no_grad():
+        for stage, module in new_net.decoder.uc_fusions.items():
+            module.residual_scale.normal_()
+            old_net.decoder.uc_fusions[stage].residual_scale.copy_(0.1 * module.residual_scale)
+        new_net.eval(), old_net.eval()
+        assert _max_difference(_outputs(new_net, x), _outputs(old_net, x)) <= 1e-5
+        assert _max_difference(_outputs(new_net, x), _outputs(small_network(**planned).eval(), x)) > 1e-3
+    with pytest.raises(UCPlanError, match="uc_residual_gain must be a number > 0"):
+        small_network(**{**planned, "uc_residual_gain": 0})

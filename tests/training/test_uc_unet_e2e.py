@@ -64,7 +64,7 @@ def test_uc_plans_keep_nnunets_topology_and_data(pipeline):
     added = {k: v for k, v in uc["architecture"]["arch_kwargs"].items()
              if k not in base["architecture"]["arch_kwargs"]}
     assert added == {"uc_stages": [0], "uc_depths": [2], "uc_slice_axis": "first",  # 28x28 in-plane: 28->14->7
-                     "uc_fusion": "residual"}
+                     "uc_fusion": "residual", "uc_residual_gain": 0.1}
     assert {k: uc["architecture"]["arch_kwargs"][k] for k in base["architecture"]["arch_kwargs"]} == \
         base["architecture"]["arch_kwargs"]
     assert uc["data_identifier"] == base["data_identifier"] and uc["spacing"] == base["spacing"]
