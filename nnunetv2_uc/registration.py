@@ -7,8 +7,11 @@ nnUNetv2_predict.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shlex
+import warnings
 from pathlib import Path
 
 ENV_VAR = "nnUNet_extTrainer"
@@ -35,3 +38,26 @@ def export_line(existing: str | None) -> str:
 def register_trainers() -> None:
     """Let nnU-Net's trainer lookup in this process (and its children) find this plugin's trainers."""
     os.environ[ENV_VAR] = ext_trainer_value(os.environ.get(ENV_VAR))
+
+
+@contextlib.contextmanager
+def plugin_trainers_findable():
+    """nnUNet_extTrainer with this plugin's shim folder appended, for the duration (as nnunetv2_uc predict does)."""
+    before = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = ext_trainer_value(before)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
+
+
+def find_trainer_class(trainer_name: str):
+    """nnU-Net's own trainer lookup (its search log silenced), with this plugin's trainers findable."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    with plugin_trainers_findable(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecation notes of modules the lookup imports
+        return recursive_find_trainer_class_by_name(trainer_name)

@@ -16,7 +16,7 @@ import os
 import torch
 
 from nnunetv2_uc.cost import network_cost, plans_network
-from nnunetv2_uc.doctor import find_trainer_class
+from nnunetv2_uc.registration import find_trainer_class
 
 CHECKPOINT = "checkpoint_final.pth"
 

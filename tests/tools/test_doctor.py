@@ -13,14 +13,18 @@ import torch
 from packaging.requirements import Requirement
 
 from helpers.paths import FIXTURES
-from nnunetv2_uc import doctor
 from nnunetv2_uc.cli import main
-from nnunetv2_uc.doctor import (
-    FAIL, OK, SKIP, WARN, CudaFacts, check_bf16, check_compile, check_cuda_device, check_cuda_driver, check_cudnn,
-    check_dependencies, check_disk, check_ext_trainer, check_model_folder, check_nnunet_path, check_nnunetv2,
-    check_python, check_torch_torchvision, check_trainer_lookup, compile_problem, driver_cuda_version, format_cudnn,
-    matching_torchvision,
+from nnunetv2_uc.doctor import cuda, environment
+from nnunetv2_uc.doctor.checks import FAIL, OK, SKIP, WARN
+from nnunetv2_uc.doctor.cuda import (
+    CudaFacts, check_bf16, check_compile, check_cuda_device, check_cuda_driver, check_cudnn, compile_problem,
+    driver_cuda_version, format_cudnn,
 )
+from nnunetv2_uc.doctor.environment import (
+    check_dependencies, check_disk, check_nnunetv2, check_python, check_torch_torchvision, matching_torchvision,
+)
+from nnunetv2_uc.doctor.model_folder import check_model_folder
+from nnunetv2_uc.doctor.nnunet_setup import check_ext_trainer, check_nnunet_path, check_trainer_lookup
 from nnunetv2_uc.registration import shim_directory
 
 FIXTURE_MODEL = (FIXTURES / "legacy_results_0.1.0" / "Dataset901_LegacyUC"
@@ -43,8 +47,8 @@ def nnunet_folders(tmp_path, monkeypatch):
 @pytest.fixture
 def gpu_machine(monkeypatch):
     """This machine seen as a healthy H200 node whose compiler probe succeeds (everything else is real)."""
-    monkeypatch.setattr(doctor, "cuda_facts", lambda: H200)
-    monkeypatch.setattr(doctor, "compile_problem", lambda environ: None)
+    monkeypatch.setattr(cuda, "cuda_facts", lambda: H200)
+    monkeypatch.setattr(cuda, "compile_problem", lambda environ: None)
 
 
 def run_doctor(capsys, *args: str) -> tuple[int, dict]:
@@ -140,7 +144,7 @@ def test_python_and_dependency_ranges():
 
 
 def test_dependency_ranges_come_from_the_package_metadata():
-    names = {r.name for r in doctor.runtime_requirements()}
+    names = {r.name for r in environment.runtime_requirements()}
     assert {"nnunetv2", "torch", "dynamic-network-architectures"} <= names and "pytest" not in names
 
 
@@ -228,7 +232,7 @@ def test_driver_cuda_version_reads_the_driver_library(tmp_path):
 
 
 def test_real_cuda_facts_are_consistent():
-    facts = doctor.cuda_facts()
+    facts = cuda.cuda_facts()
     assert facts.torch_version == torch.__version__ and facts.torch_cuda == torch.version.cuda
     assert bool(facts.devices) == torch.cuda.is_available()
 

@@ -13,7 +13,8 @@ import nnunetv2_uc
 from helpers.paths import FIXTURES
 from nnunetv2_uc import provenance
 from nnunetv2_uc.architectures.registry import network_entry
-from nnunetv2_uc.doctor import FAIL, OK, SKIP, WARN, check_model_folder
+from nnunetv2_uc.doctor.checks import FAIL, OK, SKIP, WARN
+from nnunetv2_uc.doctor.model_folder import check_model_folder
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.predict import predict_from_model_folder
 from nnunetv2_uc.provenance import RECORD_KEY, Record

@@ -132,7 +132,8 @@ def test_installed_model_predicts_what_the_source_folder_predicts(shared):
 
 def test_doctor_passes_the_installed_model_and_reports_its_record(shared):
     import nnunetv2_uc
-    from nnunetv2_uc.doctor import OK, check_model_folder
+    from nnunetv2_uc.doctor.checks import OK
+    from nnunetv2_uc.doctor.model_folder import check_model_folder
 
     checks = {c.name: c for c in check_model_folder(shared["receiver_model"])}
     assert all(c.status == OK for c in checks.values()), [c for c in checks.values() if c.status != OK]
