@@ -21,6 +21,9 @@ from nnunetv2_uc.architectures import uc3dunet, uc_unet, uxnet
 #: (input_channels, num_classes, patch, activation_checkpointing) -> network, for cost and bench
 PatchBuilder = Callable[[int, int, Sequence[int], bool], nn.Module]
 
+#: the suffixes of a network's trainers after its entry's ``trainer`` name (trainers/__init__.py says what each is)
+TRAINER_VARIANTS = ("", "_SGD", "_tiny", "_SGD_tiny", "_checkpointed", "_checkpointed_tiny", "_demo")
+
 #: constructor arguments every network takes that are not configuration
 _DATA_ARGUMENTS = ("self", "input_channels", "num_classes", "deep_supervision")
 
@@ -33,8 +36,7 @@ class NetworkEntry:
     network_class: type[nn.Module]
     summary: str
     build_for_patch: PatchBuilder
-    trainer: str | None = None
-    demo_trainer: str | None = None
+    trainer: str | None = None  # the -tr name of its trainer; variants append a suffix (TRAINER_VARIANTS)
     legacy_kwargs_key: str | None = None
     original: OriginalCheckpoint | None = None
     reference: bool = False
@@ -55,6 +57,11 @@ class NetworkEntry:
         ``get_network_from_plans`` builds it from there. ``kwargs`` override the defaults."""
         return {"network_class_name": self.import_path, "arch_kwargs": {**self.default_kwargs(), **kwargs},
                 "_kw_requires_import": []}
+
+    @property
+    def demo_trainer(self) -> str | None:
+        """The trainer `nnunetv2_uc demo` trains it with (trainers/demo_trainers.py)."""
+        return f"{self.trainer}_demo" if self.trainer else None
 
     @property
     def supports_checkpointing(self) -> bool:
@@ -116,10 +123,10 @@ def _nnunet_network(residual: bool, with_uc: bool = False) -> PatchBuilder:
 
 NETWORKS: dict[str, NetworkEntry] = {entry.name: entry for entry in (
     NetworkEntry("uxnet", uxnet.UXNet, "3D UX-Net (ICLR 2023), paper configuration", _paper_network(uxnet.UXNet),
-                 trainer="nnUNetTrainerUXNet", demo_trainer="nnUNetTrainerUXNet_demo",
+                 trainer="nnUNetTrainerUXNet",
                  legacy_kwargs_key="uxnet_kwargs", original=uxnet.ORIGINAL_CHECKPOINT),
     NetworkEntry("uc3dunet", uc3dunet.UC3DUNet, "uC 3DU-Net (NeurIPS 2024), paper configuration",
-                 _paper_network(uc3dunet.UC3DUNet), trainer="nnUNetTrainerUC", demo_trainer="nnUNetTrainerUC_demo",
+                 _paper_network(uc3dunet.UC3DUNet), trainer="nnUNetTrainerUC",
                  legacy_kwargs_key="uc3dunet_kwargs",
                  original=uc3dunet.ORIGINAL_CHECKPOINT),
     NetworkEntry("uc-nnunet", uc_unet.UCPlainConvUNet,

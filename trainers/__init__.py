@@ -4,21 +4,26 @@
 - ``*_SGD``: nnU-Net's default SGD recipe.
 - ``*_checkpointed``: activation checkpointing (less memory for large patches, about one more forward per step).
 - ``*_tiny``: 2 epochs x 4 iterations, for smoke tests and CI only (not for real training).
+- ``*_demo``: the demo's time-boxed schedule (``nnunetv2_uc demo``).
+
+Each trainer is declared once, as a class in ``uc_trainers.py`` / ``uxnet_trainers.py`` / ``demo_trainers.py``;
+this package exports whatever those modules declare, and the nnUNet_extTrainer shim re-exports this package.
+Its name is ``{entry.trainer}{variant}`` for its network's registry entry (tests/training/test_trainers_registration.py).
 """
-from nnunetv2_uc.trainers.uc_trainers import (
-    nnUNetTrainerUC, nnUNetTrainerUC_SGD, nnUNetTrainerUC_SGD_tiny, nnUNetTrainerUC_checkpointed,
-    nnUNetTrainerUC_checkpointed_tiny, nnUNetTrainerUC_tiny,
-)
-from nnunetv2_uc.trainers.uxnet_trainers import (
-    nnUNetTrainerUXNet, nnUNetTrainerUXNet_SGD, nnUNetTrainerUXNet_SGD_tiny, nnUNetTrainerUXNet_checkpointed,
-    nnUNetTrainerUXNet_checkpointed_tiny, nnUNetTrainerUXNet_tiny,
-)
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-TRAINER_NAMES = (
-    "nnUNetTrainerUC", "nnUNetTrainerUC_SGD", "nnUNetTrainerUC_tiny", "nnUNetTrainerUC_SGD_tiny",
-    "nnUNetTrainerUC_checkpointed", "nnUNetTrainerUC_checkpointed_tiny",
-    "nnUNetTrainerUXNet", "nnUNetTrainerUXNet_SGD", "nnUNetTrainerUXNet_tiny", "nnUNetTrainerUXNet_SGD_tiny",
-    "nnUNetTrainerUXNet_checkpointed", "nnUNetTrainerUXNet_checkpointed_tiny",
-)
+from nnunetv2_uc.trainers import demo_trainers, uc_trainers, uxnet_trainers
 
-__all__ = list(TRAINER_NAMES)
+
+def _declared_trainers(*modules) -> dict[str, type[nnUNetTrainer]]:
+    """The nnU-Net trainer classes the modules declare (not those they import), by class name."""
+    return {name: value for module in modules for name, value in vars(module).items()
+            if isinstance(value, type) and issubclass(value, nnUNetTrainer) and value.__module__ == module.__name__}
+
+
+TRAINERS = _declared_trainers(uc_trainers, uxnet_trainers)  # the -tr trainers for real training (and CI)
+DEMO_TRAINERS = _declared_trainers(demo_trainers)
+TRAINER_NAMES = tuple(TRAINERS)
+globals().update(TRAINERS)
+globals().update(DEMO_TRAINERS)
+__all__ = [*TRAINERS, *DEMO_TRAINERS]

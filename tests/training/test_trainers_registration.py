@@ -46,7 +46,28 @@ def test_shim_directory_holds_only_the_shim_module():
     assert "from nnunetv2_uc.trainers import" in text and "from ." not in text
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerUC", "nnUNetTrainerUXNet_tiny", "nnUNetTrainerUC_SGD"])
+def test_every_trainer_is_declared_once_and_named_after_its_registry_entry():
+    """The trainer classes are the only declaration of the names: the package and the shim export what the trainer
+    modules declare, and each name is its network entry's ``trainer`` plus one of the known variants."""
+    import importlib.util
+
+    from nnunetv2_uc.architectures.registry import NETWORKS, TRAINER_VARIANTS
+    from nnunetv2_uc import trainers
+
+    declared = {**trainers.TRAINERS, **trainers.DEMO_TRAINERS}
+    expected = {entry.trainer + variant: entry for entry in NETWORKS.values() if entry.trainer
+                for variant in TRAINER_VARIANTS}
+    assert sorted(declared) == sorted(expected) and len(trainers.TRAINER_NAMES) == 12
+    assert all(declared[name].registry_entry is entry for name, entry in expected.items())
+    assert sorted(trainers.__all__) == sorted(expected)
+    spec = importlib.util.spec_from_file_location("shim_probe", Path(shim_directory()) / "nnunetv2_uc_trainers_shim.py")
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    assert all(getattr(shim, name) is cls for name, cls in declared.items())
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerUC", "nnUNetTrainerUXNet_tiny", "nnUNetTrainerUC_SGD",
+                                  "nnUNetTrainerUXNet_demo"])
 def test_stock_lookup_finds_trainers_and_they_pickle(name, monkeypatch):
     import pickle
 
