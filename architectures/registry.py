@@ -28,9 +28,20 @@ TRAINER_VARIANTS = ("", "_SGD", "_tiny", "_SGD_tiny", "_checkpointed", "_checkpo
 _DATA_ARGUMENTS = ("self", "input_channels", "num_classes", "deep_supervision")
 
 
+#: optimizer state tensors per parameter: the plugin trainers' AdamW keeps 2, nnU-Net's SGD with momentum 1
+ADAMW_SLOTS, SGD_SLOTS = 2, 1
+
+
 @dataclass(frozen=True)
 class NetworkEntry:
-    """One network: its class, how cost/bench build it for a patch, and how nnU-Net and the plugin reach it."""
+    """One network: its class, how cost/bench build it for a patch, how nnU-Net and the plugin reach it, and
+    what ``nnunetv2_uc plan`` needs to know (planning/networks.py turns these facts into the planner's view).
+
+    planned_topology: "own" (a fixed topology: the paper networks), "nnunet" (the topology of the configuration
+        nnU-Net planned, plus uC connections chosen for the patch) or None (``plan`` does not plan it).
+    plans_suffix: appended to the base planner's plans name by ``plan``.
+    deep_supervision, optimizer_slots: how the trainer meant for it trains (the planner's memory depends on both).
+    """
 
     name: str
     network_class: type[nn.Module]
@@ -40,6 +51,10 @@ class NetworkEntry:
     legacy_kwargs_key: str | None = None
     original: OriginalCheckpoint | None = None
     reference: bool = False
+    planned_topology: str | None = None
+    plans_suffix: str | None = None
+    deep_supervision: bool = False
+    optimizer_slots: int = ADAMW_SLOTS
 
     @property
     def import_path(self) -> str:
@@ -124,14 +139,16 @@ def _nnunet_network(residual: bool, with_uc: bool = False) -> PatchBuilder:
 NETWORKS: dict[str, NetworkEntry] = {entry.name: entry for entry in (
     NetworkEntry("uxnet", uxnet.UXNet, "3D UX-Net (ICLR 2023), paper configuration", _paper_network(uxnet.UXNet),
                  trainer="nnUNetTrainerUXNet",
-                 legacy_kwargs_key="uxnet_kwargs", original=uxnet.ORIGINAL_CHECKPOINT),
+                 legacy_kwargs_key="uxnet_kwargs", original=uxnet.ORIGINAL_CHECKPOINT,
+                 planned_topology="own", plans_suffix="UXNet"),
     NetworkEntry("uc3dunet", uc3dunet.UC3DUNet, "uC 3DU-Net (NeurIPS 2024), paper configuration",
                  _paper_network(uc3dunet.UC3DUNet), trainer="nnUNetTrainerUC",
-                 legacy_kwargs_key="uc3dunet_kwargs",
-                 original=uc3dunet.ORIGINAL_CHECKPOINT),
+                 legacy_kwargs_key="uc3dunet_kwargs", original=uc3dunet.ORIGINAL_CHECKPOINT,
+                 planned_topology="own", plans_suffix="UC3DUNet"),
     NetworkEntry("uc-nnunet", uc_unet.UCPlainConvUNet,
                  "uC connections on nnU-Net's planned U-Net (plain or ResEnc), with deep supervision",
-                 _nnunet_network(residual=False, with_uc=True)),
+                 _nnunet_network(residual=False, with_uc=True), planned_topology="nnunet", plans_suffix="UCUNet",
+                 deep_supervision=True, optimizer_slots=SGD_SLOTS),  # trained by nnU-Net's stock trainers
     NetworkEntry("plainunet", PlainConvUNet, "nnU-Net's default U-Net (PlainConvUNet) as planned for the patch",
                  _nnunet_network(residual=False), reference=True),
     NetworkEntry("resenc_m", ResidualEncoderUNet, "nnU-Net's ResEnc M U-Net as planned for the patch",
@@ -149,6 +166,11 @@ def network_entry(name: str) -> NetworkEntry:
 def entry_for_class(network_class: type) -> NetworkEntry | None:
     """The entry of a network class (None for a class the registry does not know)."""
     return next((e for e in NETWORKS.values() if e.network_class is network_class), None)
+
+
+def plannable_networks() -> list[str]:
+    """Names of the networks ``nnunetv2_uc plan --network`` plans."""
+    return [name for name, entry in NETWORKS.items() if entry.planned_topology is not None]
 
 
 def demo_networks() -> dict[str, str]:

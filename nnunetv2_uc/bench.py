@@ -23,9 +23,8 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_uc.architectures.building_blocks import switches
-from nnunetv2_uc.architectures.registry import network_entry
+from nnunetv2_uc.architectures.registry import SGD_SLOTS, network_entry
 from nnunetv2_uc.planning.memory import Precision, TrainingMemoryModel
-from nnunetv2_uc.planning.networks import SGD_SLOTS
 from nnunetv2_uc.predict import BatchedSlidingWindowPredictor
 from nnunetv2_uc.timing import (
     StepSetup, depthwise_share, measure_step, median_seconds, peak_memory_bytes, peak_memory_start, prepare,

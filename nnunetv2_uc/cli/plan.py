@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 
-from nnunetv2_uc.planning.networks import NETWORKS
+from nnunetv2_uc.architectures.registry import plannable_networks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", nargs="+", type=int, required=True, metavar="D", help="dataset id(s)")
-    parser.add_argument("--network", required=True, metavar="{" + ",".join(NETWORKS) + "}",
+    parser.add_argument("--network", required=True, metavar="{" + ",".join(plannable_networks()) + "}",
                         help="uc3dunet / uxnet (the paper networks) or uc-nnunet (uC connections on the U-Net "
                              "nnU-Net planned)")
     parser.add_argument("-pl", default="ExperimentPlanner",

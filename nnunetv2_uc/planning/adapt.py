@@ -16,7 +16,8 @@ from typing import Sequence
 
 from nnunetv2_uc.planning.budget import MemoryBudget, NnUNetReference, nnunet_configuration_budget
 from nnunetv2_uc.planning.memory import GIB, CUDA_FP16_AUTOCAST, MemoryModels, Precision, TrainingMemoryModel
-from nnunetv2_uc.planning.networks import SGD_SLOTS, PlannableNetwork
+from nnunetv2_uc.architectures.registry import SGD_SLOTS
+from nnunetv2_uc.planning.networks import PlannableNetwork
 from nnunetv2_uc.planning.search import (
     MIN_BATCH_SIZE, NoValidPatch, first_that_fits, largest_batch_that_fits, round_up, shrink_sequence,
     valid_start,

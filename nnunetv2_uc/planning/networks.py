@@ -1,8 +1,9 @@
-"""The networks ``nnunetv2_uc plan`` can plan for, and what the planner needs to know about each.
+"""The planner's view of a network: how ``nnunetv2_uc plan`` treats each network the registry marks plannable.
 
-The facts about a network (class, defaults, input rule) live in the registry (architectures/registry.py); an
-entry here says how the planner treats it: a paper network has its own fixed topology, while uC on nnU-Net's
-U-Net takes the topology of the configuration nnU-Net planned and adds uC connections that depend on the patch.
+The facts about a network (class, defaults, input rule, plans suffix, how its trainer trains) live on its registry
+entry (architectures/registry.py); this module turns them into what the planner calls: a paper network
+(``planned_topology="own"``) has its own fixed topology, while uC on nnU-Net's U-Net (``"nnunet"``) takes the
+topology of the configuration nnU-Net planned and adds uC connections that depend on the patch.
 """
 from __future__ import annotations
 
@@ -10,13 +11,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from nnunetv2_uc.architectures.registry import NetworkEntry, network_entry
+from nnunetv2_uc.architectures.registry import ADAMW_SLOTS, NETWORKS, NetworkEntry, plannable_networks
 from nnunetv2_uc.architectures.uc_unet import UCPlanError
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.uc_plans import with_uc_connections
-
-#: optimizer state tensors per parameter: the plugin trainers' AdamW keeps 2, nnU-Net's SGD with momentum 1
-ADAMW_SLOTS, SGD_SLOTS = 2, 1
 
 
 @dataclass(frozen=True)
@@ -46,10 +44,12 @@ def paper_network(entry: NetworkEntry) -> PlannableNetwork:
     stride = entry.network_class.input_rule.total_stride
     return PlannableNetwork(
         name=entry.name,
-        plans_suffix=entry.network_class.__name__,
+        plans_suffix=entry.plans_suffix,
         architecture=lambda configuration, patch: entry.plans_architecture(),
         patch_divisors=lambda configuration: (stride,) * 3,
         patch_problems=lambda configuration, patch: entry.input_problems(patch),
+        deep_supervision=entry.deep_supervision,
+        optimizer_slots=entry.optimizer_slots,
     )
 
 
@@ -69,25 +69,26 @@ def _uc_problems(configuration: dict, patch: Sequence[int]) -> list[str]:
     return []
 
 
-#: uC connections on the U-Net nnU-Net planned (plain or ResEnc): its topology unchanged, uC levels chosen for
-#: the patch; trained by nnU-Net's stock trainers (deep supervision, SGD)
-UC_ON_NNUNET = PlannableNetwork(
-    name="uc-nnunet",
-    plans_suffix="UCUNet",
-    architecture=lambda configuration, patch: with_uc_connections(configuration["architecture"], patch),
-    patch_divisors=_total_strides,
-    patch_problems=_uc_problems,
-    deep_supervision=True,
-    optimizer_slots=SGD_SLOTS,
-)
+def on_nnunet_topology(entry: NetworkEntry) -> PlannableNetwork:
+    """uC connections on the U-Net nnU-Net planned (plain or ResEnc): its topology unchanged, uC levels chosen for
+    the patch."""
+    return PlannableNetwork(
+        name=entry.name,
+        plans_suffix=entry.plans_suffix,
+        architecture=lambda configuration, patch: with_uc_connections(configuration["architecture"], patch),
+        patch_divisors=_total_strides,
+        patch_problems=_uc_problems,
+        deep_supervision=entry.deep_supervision,
+        optimizer_slots=entry.optimizer_slots,
+    )
 
-NETWORKS: dict[str, PlannableNetwork] = {
-    network.name: network
-    for network in (paper_network(network_entry("uc3dunet")), paper_network(network_entry("uxnet")), UC_ON_NNUNET)
-}
+
+_VIEWS = {"own": paper_network, "nnunet": on_nnunet_topology}
 
 
 def get_network(name: str) -> PlannableNetwork:
-    if name not in NETWORKS:
-        raise UserError(f"unknown network {name!r}; choose one of {', '.join(NETWORKS)} (--network)")
-    return NETWORKS[name]
+    """The planner's view of the network called ``name``; a UserError lists the plannable ones."""
+    entry = NETWORKS.get(name)
+    if entry is None or entry.planned_topology is None:
+        raise UserError(f"unknown network {name!r}; choose one of {', '.join(plannable_networks())} (--network)")
+    return _VIEWS[entry.planned_topology](entry)

@@ -28,7 +28,8 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.planning.budget import MemoryBudget, NnUNetReference, nnunet_configuration_budget
 from nnunetv2_uc.planning.memory import GIB, CUDA_FP16_AUTOCAST, MemoryModels, Precision, TrainingMemoryModel
-from nnunetv2_uc.planning.networks import SGD_SLOTS, PlannableNetwork
+from nnunetv2_uc.architectures.registry import SGD_SLOTS
+from nnunetv2_uc.planning.networks import PlannableNetwork
 from nnunetv2_uc.planning.search import NoPatchFits, NoValidPatch, PatchAndBatch, search_patch_and_batch
 
 BASE_PLANNERS: dict[str, type[ExperimentPlanner]] = {

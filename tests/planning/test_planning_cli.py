@@ -139,7 +139,7 @@ def test_uc_nnunet_plans_uc_connections_on_nnunets_own_network(nnunet, capsys):
 
 
 @pytest.mark.parametrize("args,code,message", [
-    (["--network", "unet"], 2, "unknown network 'unet'; choose one of uc3dunet, uxnet, uc-nnunet"),
+    (["--network", "unet"], 2, "unknown network 'unet'; choose one of uxnet, uc3dunet, uc-nnunet"),
     (["--network", "uxnet", "-c", "2d"], 2, "-c 2d: uC 3DU-Net, 3D UX-Net and uC connections are 3-D networks"),
     (["--network", "uxnet", "-pl", "nnUNetPlannerResEncXXL"], 2, "unknown planner 'nnUNetPlannerResEncXXL'"),
     (["--network", "uc3dunet", "-gpu_memory_target", "0.05"], 2, "GiB of GPU memory at its smallest patch"),
