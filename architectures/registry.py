@@ -145,7 +145,7 @@ NETWORKS: dict[str, NetworkEntry] = {entry.name: entry for entry in (
                  _paper_network(uc3dunet.UC3DUNet), trainer="nnUNetTrainerUC",
                  legacy_kwargs_key="uc3dunet_kwargs", original=uc3dunet.ORIGINAL_CHECKPOINT,
                  planned_topology="own", plans_suffix="UC3DUNet"),
-    NetworkEntry("uc-nnunet", uc_unet.UCPlainConvUNet,
+    NetworkEntry("uc_nnunet", uc_unet.UCPlainConvUNet,
                  "uC connections on nnU-Net's planned U-Net (plain or ResEnc), with deep supervision",
                  _nnunet_network(residual=False, with_uc=True), planned_topology="nnunet", plans_suffix="UCUNet",
                  deep_supervision=True, optimizer_slots=SGD_SLOTS),  # trained by nnU-Net's stock trainers

@@ -30,7 +30,7 @@ from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.timing import StepSetup, build_network, measure_step, run_in_fresh_process
 from nnunetv2_uc.uc_plans import UC_VERSION, has_uc_connections, with_uc_connections, without_uc_connections
 
-DEFAULT_ARCHS = ("uxnet", "uc3dunet", "plainunet")
+DEFAULT_NETWORKS = ("uxnet", "uc3dunet", "plainunet")
 
 
 def count_parameters(model) -> int:
@@ -74,15 +74,15 @@ def count_macs(network: str | nn.Module, input_channels: int, num_classes: int, 
     return counter.get_total_flops() // 2 + extra[0]
 
 
-def cost_report(archs: Sequence[str], patch: Sequence[int], input_channels: int, num_classes: int,
+def cost_report(networks: Sequence[str], patch: Sequence[int], input_channels: int, num_classes: int,
                 device: str = "cpu", repeats: int = 3, timing: bool = True) -> list[dict]:
     rows = []
-    for arch in archs:
-        model_params = count_parameters(build_network(arch, input_channels, num_classes, patch))
-        row = {"arch": arch, "patch": list(patch), "input_channels": input_channels, "num_classes": num_classes,
-               "parameters": model_params, "gmacs": count_macs(arch, input_channels, num_classes, patch) / 1e9}
+    for name in networks:
+        model_params = count_parameters(build_network(name, input_channels, num_classes, patch))
+        row = {"arch": name, "patch": list(patch), "input_channels": input_channels, "num_classes": num_classes,
+               "parameters": model_params, "gmacs": count_macs(name, input_channels, num_classes, patch) / 1e9}
         if timing:
-            setup = StepSetup(arch, tuple(patch), input_channels, num_classes, device=device)
+            setup = StepSetup(name, tuple(patch), input_channels, num_classes, device=device)
             row.update(run_in_fresh_process(measure_step, setup, repeats))
             row["device"] = device
         rows.append(row)

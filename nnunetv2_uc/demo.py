@@ -363,7 +363,7 @@ def run_pipeline(steps: list[Step], env: dict[str, str], dry_run: bool = False) 
 
 # ----------------------------------------------------------------------------- entry point
 
-def run_demo(workdir: str | os.PathLike = "demo", arch: str = "uc3dunet", minutes: float | None = None,
+def run_demo(workdir: str | os.PathLike = "demo", network: str = "uc3dunet", minutes: float | None = None,
              allow_fewer_iterations: bool = False, device: str = "auto", cases: int = 24, test_cases: int = 6,
              seed: int = 0, trainer: str | None = None, processes: int = 2, dry_run: bool = False) -> int:
     """Run (or with ``dry_run`` list) the six steps in ``workdir``; returns 0, 1 (a step failed) or
@@ -371,8 +371,8 @@ def run_demo(workdir: str | os.PathLike = "demo", arch: str = "uc3dunet", minute
 
     Raises UserError for settings that cannot work (the message says which and the fix).
     """
-    if arch not in TRAINERS:
-        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(sorted(TRAINERS))}")
+    if network not in TRAINERS:
+        raise UserError(f"unknown network {network!r}; choose one of {', '.join(sorted(TRAINERS))} (--network)")
     if minutes is not None and minutes <= 0:
         raise UserError(f"--minutes must be > 0 (or left out for no bound), got {minutes:g}")
     if cases < 5 or test_cases < 1:
@@ -380,7 +380,7 @@ def run_demo(workdir: str | os.PathLike = "demo", arch: str = "uc3dunet", minute
                         f"{test_cases}")
     settings = DemoSettings(minutes, allow_fewer_iterations, cases, test_cases, seed, processes)
     started = time.perf_counter()
-    paths = DemoPaths(Path(workdir).resolve(), trainer or TRAINERS[arch])
+    paths = DemoPaths(Path(workdir).resolve(), trainer or TRAINERS[network])
     mismatch = dataset_mismatch(paths, seed, cases, test_cases)
     if mismatch:
         raise UserError(mismatch)

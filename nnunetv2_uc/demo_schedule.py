@@ -11,17 +11,31 @@ of heavy imports).
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
+
+from nnunetv2_uc.cli.deprecation import deprecated
 
 #: seconds left of ``--minutes`` when the training step starts (unset: no bound)
-SECONDS_LEFT_ENV = "nnunetv2_uc_demo_seconds_left"
+SECONDS_LEFT_ENV = "NNUNETV2_UC_DEMO_SECONDS_LEFT"
 #: what the trainer does when the estimate exceeds the seconds left: "stop" or "fewer" (fewer iterations)
-WHEN_SHORT_ENV = "nnunetv2_uc_demo_when_short"
+WHEN_SHORT_ENV = "NNUNETV2_UC_DEMO_WHEN_SHORT"
 #: test cases the demo predicts after training (part of the estimate; 0 when the trainer runs on its own)
-TEST_CASES_ENV = "nnunetv2_uc_demo_test_cases"
+TEST_CASES_ENV = "NNUNETV2_UC_DEMO_TEST_CASES"
 WHEN_SHORT_CHOICES = ("stop", "fewer")
+
+
+def environment_value(name: str, default: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The demo variable ``name``; its deprecated lowercase spelling still works for one release, with a message."""
+    if name in environ:
+        return environ[name]
+    if name.lower() in environ:
+        deprecated(f"the environment variable {name.lower()}", name)
+        return environ[name.lower()]
+    return default
+
 #: exit code of nnUNetv2_train when the demo trainer stops before training because the bound is too short
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: nothing is wrong, it needs more time
 

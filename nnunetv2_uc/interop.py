@@ -1,6 +1,6 @@
 """Load the authors' 3D UX-Net / uC 3DU-Net checkpoints into our networks, and write nnU-Net pretrained weights.
 
-Python API: ``load_original(arch, state_dict_or_path, **original_kwargs)`` returns our network, configured to
+Python API: ``load_original(network, state_dict_or_path, **original_kwargs)`` returns our network, configured to
 reproduce the original exactly (uC: the original's slice axis), in eval mode. ``original_kwargs`` use the
 ORIGINAL constructors' names (UX-Net: in_chans, out_chans, depths, feat_size, hidden_size, drop_path_rate,
 layer_scale_init_value, spatial_dims, ...; uC: in_channels, out_channels, features, ...). Channel counts and
@@ -65,10 +65,10 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def convert_state_dict(arch: str, model: nn.Module, original_state: dict) -> dict:
-    """Our state dict (keys of ``model.state_dict()``) filled from the original keys of registry network ``arch``;
+def convert_state_dict(network: str, model: nn.Module, original_state: dict) -> dict:
+    """Our state dict (keys of ``model.state_dict()``) filled from the original keys of registry network ``network``;
     raises on any mismatch, listing every problem."""
-    original = network_entry(arch).original
+    original = network_entry(network).original
     aliases = _alias_table(model)
     canonical = {aliases.get(name, name): tensor for name, tensor in model.state_dict().items()}
     found, problems = {}, []
@@ -83,7 +83,7 @@ def convert_state_dict(arch: str, model: nn.Module, original_state: dict) -> dic
     used = {original.original_key(name) for name in canonical}
     problems += [f"unexpected key {key}" for key in sorted(set(original_state) - used)]
     if problems:
-        raise CheckpointError(f"checkpoint does not match {arch} ({original.source}; {len(problems)} problem(s)):\n  "
+        raise CheckpointError(f"checkpoint does not match {network} ({original.source}; {len(problems)} problem(s)):\n  "
                               + "\n  ".join(problems))
     return {name: found[aliases.get(name, name)] for name in model.state_dict()}
 
@@ -95,32 +95,32 @@ def _alias_table(model: nn.Module) -> dict:
     return {n: canonical[id(t)] for n, t in model.state_dict(keep_vars=True).items() if id(t) in canonical}
 
 
-def build_from_original_kwargs(arch: str, state: dict, **original_kwargs) -> nn.Module:
+def build_from_original_kwargs(network: str, state: dict, **original_kwargs) -> nn.Module:
     """Our network for the original constructor arguments (missing widths read off ``state``)."""
-    if arch not in original_networks():
-        raise CheckpointError(f"arch must be one of {', '.join(original_networks())}, got {arch!r}")
-    entry = network_entry(arch)
+    if network not in original_networks():
+        raise CheckpointError(f"network must be one of {', '.join(original_networks())}, got {network!r}")
+    entry = network_entry(network)
     return entry.network_class(**entry.original.our_kwargs(original_kwargs, state))
 
 
-def load_original(arch: str, state_dict_or_path: Any, weights_only: bool = True, **original_kwargs) -> nn.Module:
+def load_original(network: str, state_dict_or_path: Any, weights_only: bool = True, **original_kwargs) -> nn.Module:
     """Our network with the original checkpoint's weights, reproducing the original's outputs, in eval mode."""
     state = read_state_dict(state_dict_or_path, weights_only=weights_only)
-    model = build_from_original_kwargs(arch, state, **original_kwargs)
-    model.load_state_dict(convert_state_dict(arch, model, state))
+    model = build_from_original_kwargs(network, state, **original_kwargs)
+    model.load_state_dict(convert_state_dict(network, model, state))
     return model.eval()
 
 
-def write_nnunet_weights(arch: str, checkpoint: Path, output: Path, original_kwargs: dict, trust_pickle: bool = False,
+def write_nnunet_weights(network: str, checkpoint: Path, output: Path, original_kwargs: dict, trust_pickle: bool = False,
                          overwrite: bool = False) -> nn.Module:
     """Write ``{"network_weights": ...}`` (what ``nnUNetv2_train -pretrained_weights`` loads) for an original
     checkpoint; returns the loaded network. Refuses to replace ``output`` without ``overwrite``."""
     if output.exists() and not overwrite:
         raise OverwriteRefused(f"{output} exists; pass --overwrite to replace it")
-    model = load_original(arch, checkpoint, weights_only=not trust_pickle, **original_kwargs)
+    model = load_original(network, checkpoint, weights_only=not trust_pickle, **original_kwargs)
     payload = {
         "network_weights": model.state_dict(),
-        "nnunetv2_uc": {"arch": arch, "source": str(checkpoint), "original_kwargs": original_kwargs,
+        "nnunetv2_uc": {"arch": network, "source": str(checkpoint), "original_kwargs": original_kwargs,
                         "network_kwargs": _network_kwargs(model)},
     }
     atomic_torch_save(payload, output)

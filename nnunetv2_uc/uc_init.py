@@ -107,7 +107,7 @@ def _uc_plans(folder: Path, plans_name: str, configuration: str, trained_plans: 
         return json.loads(path.read_text()), path, False
     if trained_plans is None:
         raise UserError(f"{path}: no such file, and the checkpoint holds no plans to make it from (a bare state "
-                        f"dict); make uC plans first, e.g. nnunetv2_uc plan -d {folder.name} --network uc-nnunet")
+                        f"dict); make uC plans first, e.g. nnunetv2_uc plan -d {folder.name} --network uc_nnunet")
     if trained_configuration != configuration:
         raise UserError(f"the checkpoint was trained on configuration {trained_configuration!r}, not {configuration!r}; "
                         f"pass -c {trained_configuration}")

@@ -132,7 +132,7 @@ step data 240 bash -c "nnunetv2_uc synth --dataset-id $dataset --cases $cases --
 data_job=$!
 
 # 2. training step of the four networks at PATCH, batch 2, with the depthwise-conv share of each step
-step step_eager 180 "${bench[@]}" --arch "${all_nets[@]}" --patch "${patch_args[@]}" --batch 2 \
+step step_eager 180 "${bench[@]}" --network "${all_nets[@]}" --patch "${patch_args[@]}" --batch 2 \
     --repeats "$repeats" --profile-depthwise --json "$OUT/step_eager.json"
 
 # 3. nnU-Net's own training (its CUDA defaults: fp16 AMP and torch.compile) of both trainers, side by side with the
@@ -148,31 +148,31 @@ if wait "$data_job"; then
 else
     for trainer in $trainers; do skip "train_$trainer" "no training data: see logs/data.log"; done
 fi
-step memory128 150 "${bench[@]}" --arch "${all_nets[@]}" --patch "${memory_args[@]}" --batch 2 --repeats 1 \
+step memory128 150 "${bench[@]}" --network "${all_nets[@]}" --patch "${memory_args[@]}" --batch 2 --repeats 1 \
     --json "$OUT/memory128.json"
 for job in "${train_jobs[@]}"; do wait "$job"; done
 
 # 4. inference of VOLUME at nnU-Net's defaults (step 0.5, Gaussian, mirroring), 1 and 4 tiles per network call
 for tiles in 1 4; do
     for net in "${all_nets[@]}"; do
-        step "infer${tiles}_$net" 150 "${bench[@]}" --arch "$net" --patch "${patch_args[@]}" \
+        step "infer${tiles}_$net" 150 "${bench[@]}" --network "$net" --patch "${patch_args[@]}" \
             --volume "${volume_args[@]}" --inference-only --patches-per-batch "$tiles" --repeats 1 \
             --json "$OUT/infer${tiles}_$net.json"
     done
 done
 
 # 5. layouts and the CPU fast paths on this device (our networks: a switch; nnU-Net's: --channels-last)
-step layout_ours_contiguous 120 env NNUNETV2_UC_LAYOUT=contiguous "${bench[@]}" --arch "${our_nets[@]}" \
+step layout_ours_contiguous 120 env NNUNETV2_UC_LAYOUT=contiguous "${bench[@]}" --network "${our_nets[@]}" \
     --patch "${patch_args[@]}" --batch 2 --repeats "$repeats" --json "$OUT/layout_ours_contiguous.json"
-step layout_nnunet_channels_last 120 "${bench[@]}" --arch "${nnunet_nets[@]}" --channels-last \
+step layout_nnunet_channels_last 120 "${bench[@]}" --network "${nnunet_nets[@]}" --channels-last \
     --patch "${patch_args[@]}" --batch 2 --repeats "$repeats" --json "$OUT/layout_nnunet_channels_last.json"
-step fast_paths_all 120 env NNUNETV2_UC_FAST_PATHS=all "${bench[@]}" --arch "${our_nets[@]}" \
+step fast_paths_all 120 env NNUNETV2_UC_FAST_PATHS=all "${bench[@]}" --network "${our_nets[@]}" \
     --patch "${patch_args[@]}" --batch 2 --repeats "$repeats" --json "$OUT/fast_paths_all.json"
 
 # 6. compiled training steps (one run per network: a compile that outlasts the budget loses only its own row)
 [[ -n "$compiled_nets" ]] || skip compiled "smoke run: no compiling on CPU"
 for net in $compiled_nets; do
-    step "compiled_$net" 240 "${bench[@]}" --arch "$net" --compile --patch "${patch_args[@]}" --batch 2 \
+    step "compiled_$net" 240 "${bench[@]}" --network "$net" --compile --patch "${patch_args[@]}" --batch 2 \
         --repeats "$repeats" --json "$OUT/compiled_$net.json"
 done
 

@@ -21,7 +21,7 @@
 #   2. plans (scripts/uc_plans_by_hand.py): nnUNetPlans_evidence = the 3d_fullres configuration at patch 32x64x64,
 #      batch 2, nnU-Net's topology for that patch with widths 8..128 (the paper UC3DUNet at the same patch and batch,
 #      widths [8, 16, 32, 64, 128, 8]: a third of the paper's, the demo's CPU width); nnUNetPlans_evidence_UCUNet =
-#      the same plans with uC connections and nothing else changed (`nnunetv2_uc plan --network uc-nnunet` would
+#      the same plans with uC connections and nothing else changed (`nnunetv2_uc plan --network uc_nnunet` would
 #      re-plan patch and batch for a GPU); all five train on the same preprocessed data
 #   3. nnunetv2_uc cost -d 990 -p nnUNetPlans_evidence (the plan's network, its uC version, the paper networks)
 #   4. fold 0 of each model (nnUNetv2_train, EPOCHS x ITERATIONS: scripts/uc_evidence_trainers/), then

@@ -2,7 +2,7 @@
 
 ``write_uc_plans`` gives an EXISTING plans file's configurations uC connections and nothing else (same patch, batch,
 topology and data; ``nnunetv2_uc.uc_plans.with_uc_connections``) and saves them under a new plans name. For a
-plan of nnU-Net's own planner use ``nnunetv2_uc plan -d D --network uc-nnunet`` instead: it re-plans patch and batch
+plan of nnU-Net's own planner use ``nnunetv2_uc plan -d D --network uc_nnunet`` instead: it re-plans patch and batch
 for a GPU memory target. The evidence experiment (``scripts/uc_on_nnunet_evidence.sh``) needs the uC version of
 its CPU-sized plans at the same patch and batch, so it uses this.
 

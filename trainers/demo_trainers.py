@@ -47,7 +47,7 @@ ESTIMATE_FILE = "demo_estimate.json"  # in the fold folder: the measurement and 
 
 
 def _env_seconds_left() -> float | None:
-    raw = os.environ.get(demo_schedule.SECONDS_LEFT_ENV)
+    raw = demo_schedule.environment_value(demo_schedule.SECONDS_LEFT_ENV)
     if raw is None or raw == "":
         return None
     value = float(raw)
@@ -57,7 +57,7 @@ def _env_seconds_left() -> float | None:
 
 
 def _env_when_short() -> str:
-    value = os.environ.get(demo_schedule.WHEN_SHORT_ENV, "stop")
+    value = demo_schedule.environment_value(demo_schedule.WHEN_SHORT_ENV, "stop")
     if value not in demo_schedule.WHEN_SHORT_CHOICES:
         raise ValueError(f"{demo_schedule.WHEN_SHORT_ENV} must be one of {demo_schedule.WHEN_SHORT_CHOICES}, "
                          f"got {value!r}")
@@ -115,7 +115,7 @@ class DemoScheduleMixin:
         # read now, so a bad value fails before any work
         self.demo_seconds_left = _env_seconds_left()
         self.demo_when_short = _env_when_short()
-        self.demo_cases_after = int(os.environ.get(demo_schedule.TEST_CASES_ENV, "0"))
+        self.demo_cases_after = int(demo_schedule.environment_value(demo_schedule.TEST_CASES_ENV, "0"))
         self.demo_started = perf_counter()
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):

@@ -17,12 +17,13 @@ import sys
 
 from nnunetv2_uc.architectures.registry import NETWORKS
 from nnunetv2_uc.bench import bench, environment, format_rows
+from nnunetv2_uc.cli.deprecation import add_network_argument
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.timing import request_problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", nargs="+", default=list(NETWORKS), choices=tuple(NETWORKS),
+    add_network_argument(parser, nargs="+", default=list(NETWORKS), choices=tuple(NETWORKS),
                         help="networks to benchmark (default: all)")
     parser.add_argument("--patch", nargs=3, type=int, default=[64, 64, 64], metavar=("D0", "D1", "D2"),
                         help="training/inference patch (default 64 64 64; nnU-Net's 3d_fullres patch for GPU runs)")
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _request_problem(args: argparse.Namespace) -> str | None:
-    problem = request_problem(args.arch, args.patch, args.device)
+    problem = request_problem(args.network, args.patch, args.device)
     if not problem and args.volume and any(v < p for v, p in zip(args.volume, args.patch)):
         problem = f"--volume {args.volume} is smaller than the patch {args.patch} on some axis"
     if not problem and args.inference_only and not args.volume:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     problem = _request_problem(args)
     if problem:
         raise UserError(problem)
-    rows = bench(networks=args.arch, patch=args.patch, batch=args.batch, device=args.device, amp=args.amp,
+    rows = bench(networks=args.network, patch=args.patch, batch=args.batch, device=args.device, amp=args.amp,
                  compile_=args.compile, channels_last=args.channels_last, volume=args.volume,
                  mirroring=not args.no_mirroring, repeats=args.repeats, classes=args.classes,
                  progress=lambda message: print(message, file=sys.stderr, flush=True),

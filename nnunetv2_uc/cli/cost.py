@@ -1,6 +1,6 @@
 """Parameters, MACs, latency and peak memory of UX-Net / uC 3DU-Net next to nnU-Net's PlainConvUNet.
 
-  nnunetv2_uc cost [--arch ...] [--patch D0 D1 D2] [--no-timing]     the registry's networks at one patch
+  nnunetv2_uc cost [--network ...] [--patch D0 D1 D2] [--no-timing]     the registry's networks at one patch
   nnunetv2_uc cost -d DATASET [-c 3d_fullres] [-p nnUNetPlans]        a plan's network next to the same plan with
                                                                       uC connections and the paper networks
                                                                       (parameters and MACs at the plan's patch;
@@ -17,7 +17,8 @@ import json
 import sys
 
 from nnunetv2_uc.architectures.registry import NETWORKS
-from nnunetv2_uc.cost import (DEFAULT_ARCHS, cost_report, format_plans_table, format_table, load_dataset_plans,
+from nnunetv2_uc.cli.deprecation import add_network_argument
+from nnunetv2_uc.cost import (DEFAULT_NETWORKS, cost_report, format_plans_table, format_table, load_dataset_plans,
                               plans_cost_report)
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.files import atomic_write_json
@@ -25,11 +26,11 @@ from nnunetv2_uc.timing import request_problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", nargs="+", choices=tuple(NETWORKS) + ("all",),
-                        help=f"networks to report (default: all = {' '.join(DEFAULT_ARCHS)})")
+    add_network_argument(parser, nargs="+", choices=tuple(NETWORKS) + ("all",),
+                         help=f"networks to report (default: all = {' '.join(DEFAULT_NETWORKS)})")
     parser.add_argument("--patch", nargs=3, type=int, metavar=("D0", "D1", "D2"),
                         help="input patch size (default 96 96 96, the papers' crop)")
-    plans = parser.add_argument_group("a dataset's plan (instead of --arch/--patch)")
+    plans = parser.add_argument_group("a dataset's plan (instead of --network/--patch)")
     plans.add_argument("-d", dest="dataset", metavar="DATASET",
                        help="dataset name or id: its plan's network, the same plan with uC connections and the paper "
                             "networks at the plan's patch (classes and input channels from the dataset)")
@@ -45,19 +46,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.dataset is not None:
-        if args.arch or args.patch:
-            raise UserError("-d reports a dataset's plan at its own patch; leave out --arch/--patch (or -d)")
+        if args.network or args.patch:
+            raise UserError("-d reports a dataset's plan at its own patch; leave out --network/--patch (or -d)")
         plans, dataset_json = load_dataset_plans(args.dataset, args.plans)
         return _output(plans_cost_report(plans, args.configuration, dataset_json), format_plans_table, args.json_out)
-    archs = list(DEFAULT_ARCHS) if not args.arch or "all" in args.arch else list(dict.fromkeys(args.arch))
+    networks = list(DEFAULT_NETWORKS) if not args.network or "all" in args.network else list(dict.fromkeys(args.network))
     patch = args.patch or [96, 96, 96]
-    problem = request_problem(archs, patch, args.device)
+    problem = request_problem(networks, patch, args.device)
     if problem:
         raise UserError(problem)
     if not args.no_timing:
-        print(f"timing {', '.join(archs)} at patch {patch} on {args.device} "
+        print(f"timing {', '.join(networks)} at patch {patch} on {args.device} "
               f"({args.repeats} repeats after 1 warm-up; each network in a fresh process)...", file=sys.stderr)
-    rows = cost_report(archs=archs, patch=patch, input_channels=args.input_channels, num_classes=args.classes,
+    rows = cost_report(networks=networks, patch=patch, input_channels=args.input_channels, num_classes=args.classes,
                        device=args.device, repeats=args.repeats, timing=not args.no_timing)
     return _output(rows, format_table, args.json_out)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 
 from nnunetv2_uc.architectures.registry import demo_networks
+from nnunetv2_uc.cli.deprecation import add_network_argument
 from nnunetv2_uc.demo import run_demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", choices=sorted(demo_networks()), default="uc3dunet",
-                        help="network to train (default uc3dunet)")
+    add_network_argument(parser, choices=sorted(demo_networks()), default="uc3dunet",
+                         help="network to train (default uc3dunet)")
     parser.add_argument("--workdir", default="demo", help="folder for all data, models and results (default ./demo)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="upper bound on the whole demo's wall time (default: none). Before training the "
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_demo(workdir=args.workdir, arch=args.arch, minutes=args.minutes,
+    return run_demo(workdir=args.workdir, network=args.network, minutes=args.minutes,
                     allow_fewer_iterations=args.allow_fewer_iterations, device=args.device, cases=args.cases,
                     test_cases=args.test_cases, seed=args.seed, trainer=args.trainer, processes=args.processes,
                     dry_run=args.dry_run)

@@ -11,13 +11,14 @@ import json
 from pathlib import Path
 
 from nnunetv2_uc.architectures.registry import original_networks
+from nnunetv2_uc.cli.deprecation import add_network_argument
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.interop import write_nnunet_weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", required=True, choices=original_networks(),
-                        help="which original network the checkpoint is")
+    add_network_argument(parser, required=True, choices=original_networks(),
+                         help="which original network the checkpoint is")
     parser.add_argument("--checkpoint", required=True, type=Path, help="the original checkpoint (.pth/.pt)")
     parser.add_argument("--original-kwargs", default="{}", metavar="JSON",
                         help="the ORIGINAL constructor's keyword arguments as JSON, e.g. '{\"out_chans\": 14}'; "
@@ -41,7 +42,7 @@ def _original_kwargs(text: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     original_kwargs = _original_kwargs(args.original_kwargs)
     try:
-        model = write_nnunet_weights(arch=args.arch, checkpoint=args.checkpoint, output=args.output,
+        model = write_nnunet_weights(network=args.network, checkpoint=args.checkpoint, output=args.output,
                                      original_kwargs=original_kwargs, trust_pickle=args.trust_pickle,
                                      overwrite=args.overwrite)
     except TypeError as error:  # an original argument our translation does not know

@@ -1,14 +1,14 @@
 """Plan patch and batch size for uC 3DU-Net, 3D UX-Net or uC on nnU-Net's U-Net with nnU-Net's planners; writes an
 nnU-Net plans file.
 
-Usage: nnunetv2_uc plan -d D [D ...] --network {uc3dunet,uxnet,uc-nnunet} [-pl ExperimentPlanner|nnUNetPlannerResEncM|
+Usage: nnunetv2_uc plan -d D [D ...] --network {uc3dunet,uxnet,uc_nnunet} [-pl ExperimentPlanner|nnUNetPlannerResEncM|
        nnUNetPlannerResEncL|nnUNetPlannerResEncXL] [-gpu_memory_target GB] [-overwrite_plans_name NAME]
        [-c 3d_fullres ...] [--overwrite]
 
 Runs nnU-Net's planning (same fingerprint, target spacing, normalisation and resampling as -pl), then chooses
 patch and batch for the network with nnU-Net's algorithm against the memory nnU-Net's own U-Net is allowed at
 -gpu_memory_target (default: the planner's), estimated for fp16 mixed-precision training on a CUDA GPU. The
-plans (default name e.g. nnUNetPlans_UC3DUNet) name the network in their `architecture` block. uc-nnunet keeps
+plans (default name e.g. nnUNetPlans_UC3DUNet) name the network in their `architecture` block. uc_nnunet keeps
 the topology nnU-Net planned (plain or ResEnc U-Net) and adds uC connections; the stock trainers train it
 (nnUNetv2_train D 3d_fullres F -p nnUNetPlans_UCUNet), the paper networks train with -tr nnUNetTrainerUC /
 nnUNetTrainerUXNet. Where the preprocessed data of the base plans fits, it is reused; otherwise the
@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 
 from nnunetv2_uc.architectures.registry import plannable_networks
+from nnunetv2_uc.cli.deprecation import network_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", nargs="+", type=int, required=True, metavar="D", help="dataset id(s)")
-    parser.add_argument("--network", required=True, metavar="{" + ",".join(plannable_networks()) + "}",
-                        help="uc3dunet / uxnet (the paper networks) or uc-nnunet (uC connections on the U-Net "
+    parser.add_argument("--network", required=True, type=network_name,
+                        metavar="{" + ",".join(plannable_networks()) + "}",
+                        help="uc3dunet / uxnet (the paper networks) or uc_nnunet (uC connections on the U-Net "
                              "nnU-Net planned)")
     parser.add_argument("-pl", default="ExperimentPlanner",
                         help="nnU-Net planner whose fingerprint handling and memory reference are used: "

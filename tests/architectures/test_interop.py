@@ -121,7 +121,7 @@ def test_import_weights_cli_writes_a_file_nnunet_can_fine_tune_from(tmp_path):
     config, state, _, _ = load_fixture("uxnet_small.npz")
     torch.save({"state_dict": state}, tmp_path / "original.pth")
     out = tmp_path / "weights.pth"
-    cmd = [sys.executable, "-m", "nnunetv2_uc", "import-weights", "--arch", "uxnet", "--checkpoint",
+    cmd = [sys.executable, "-m", "nnunetv2_uc", "import-weights", "--network", "uxnet", "--checkpoint",
            str(tmp_path / "original.pth"), "--original-kwargs", json.dumps(config["original_kwargs"]), "-o", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -143,7 +143,7 @@ def test_import_weights_cli_writes_a_file_nnunet_can_fine_tune_from(tmp_path):
 def test_import_weights_cli_reports_a_mismatching_checkpoint(tmp_path):
     _, state, _, _ = load_fixture("uc3dunet_small.npz")
     torch.save(state, tmp_path / "uc.pth")
-    result = subprocess.run([sys.executable, "-m", "nnunetv2_uc", "import-weights", "--arch", "uxnet", "--checkpoint",
+    result = subprocess.run([sys.executable, "-m", "nnunetv2_uc", "import-weights", "--network", "uxnet", "--checkpoint",
                              str(tmp_path / "uc.pth"), "-o", str(tmp_path / "x.pth")], capture_output=True, text=True)
     assert result.returncode == 2
     assert "does not match uxnet" in result.stderr and "unexpected key conv_0.conv_0.conv.weight" in result.stderr

@@ -101,7 +101,7 @@ def test_without_the_planner_the_budget_is_what_nnunets_network_needs(nnunet_pla
 def test_uc_on_nnunet_keeps_nnunets_topology_and_only_lowers_the_batch(nnunet_plans):
     planned = nnunet_plans("ABDOMEN_CT_LIKE", "ExperimentPlanner", None)
     configuration, channels, classes, reference, target = planned
-    adaptation = adapt_configuration(configuration, get_network("uc-nnunet"), channels, classes, reference, target)
+    adaptation = adapt_configuration(configuration, get_network("uc_nnunet"), channels, classes, reference, target)
     strides = configuration["architecture"]["arch_kwargs"]["strides"]
     for axis, size in enumerate(adaptation.patch):
         assert size % math.prod(s[axis] for s in strides) == 0

@@ -113,14 +113,14 @@ def test_plan_reuses_nnunets_preprocessed_data(nnunet, capsys):
 
 
 def test_uc_nnunet_plans_uc_connections_on_nnunets_own_network(nnunet, capsys):
-    """`--network uc-nnunet`: nnU-Net's topology unchanged, uC connections added; the stock builder makes it with
+    """`--network uc_nnunet`: nnU-Net's topology unchanged, uC connections added; the stock builder makes it with
     deep supervision, as nnU-Net's stock trainer will."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunetv2_uc.architectures.uc_unet import UCPlainConvUNet
 
-    assert main(["plan", "-d", str(DATASET_ID), "--network", "uc-nnunet"]) == 0
+    assert main(["plan", "-d", str(DATASET_ID), "--network", "uc_nnunet"]) == 0
     out = capsys.readouterr().out
     plans = json.loads((nnunet / "preprocessed" / DATASET / "nnUNetPlans_UCUNet.json").read_text())
     ours = plans["configurations"]["3d_fullres"]
@@ -139,7 +139,7 @@ def test_uc_nnunet_plans_uc_connections_on_nnunets_own_network(nnunet, capsys):
 
 
 @pytest.mark.parametrize("args,code,message", [
-    (["--network", "unet"], 2, "unknown network 'unet'; choose one of uxnet, uc3dunet, uc-nnunet"),
+    (["--network", "unet"], 2, "unknown network 'unet'; choose one of uxnet, uc3dunet, uc_nnunet"),
     (["--network", "uxnet", "-c", "2d"], 2, "-c 2d: uC 3DU-Net, 3D UX-Net and uC connections are 3-D networks"),
     (["--network", "uxnet", "-pl", "nnUNetPlannerResEncXXL"], 2, "unknown planner 'nnUNetPlannerResEncXXL'"),
     (["--network", "uc3dunet", "-gpu_memory_target", "0.05"], 2, "GiB of GPU memory at its smallest patch"),

@@ -199,7 +199,7 @@ def test_a_network_that_takes_nnunets_topology_is_one_table_entry(plan):
     ("HIPPOCAMPUS_LIKE", "nnUNetPlannerResEncM", "UCResidualEncoderUNet"),
 ])
 def test_uc_on_nnunet_keeps_nnunets_topology_and_adds_uc_connections(plan, example, planner, uc_class):
-    config = plan(example, planner, None, "uc-nnunet")
+    config = plan(example, planner, None, "uc_nnunet")
     record = config[PLANNING_KEY]
     architecture = config["architecture"]
     assert architecture["network_class_name"] == f"nnunetv2_uc.architectures.uc_unet.{uc_class}"

@@ -15,7 +15,7 @@ from nnunetv2_uc.timing import StepSetup, build_network, measure_step
 def test_bench_times_training_and_sliding_window_inference_with_ratios(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "nnunetv2_uc", "bench", "--arch", "uc3dunet", "plainunet", "--patch", "32", "32", "32",
+        [sys.executable, "-m", "nnunetv2_uc", "bench", "--network", "uc3dunet", "plainunet", "--patch", "32", "32", "32",
          "--volume", "40", "32", "32", "--no-mirroring", "--repeats", "1", "--classes", "3", "--json", str(out)],
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -81,7 +81,7 @@ def test_batched_predictor_equals_nnunet_predictor_over_many_tiles():
 def test_bench_records_batched_inference_and_checkpointing(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "nnunetv2_uc", "bench", "--arch", "uc3dunet", "plainunet", "--patch", "16", "16", "32",
+        [sys.executable, "-m", "nnunetv2_uc", "bench", "--network", "uc3dunet", "plainunet", "--patch", "16", "16", "32",
          "--volume", "24", "24", "48", "--no-mirroring", "--repeats", "1", "--classes", "2", "--patches-per-batch", "4",
          "--checkpointing", "--json", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -174,7 +174,7 @@ def test_prepare_sets_cudnn_benchmark_on_cuda_as_nnunet_train_does(monkeypatch, 
 def test_bench_inference_only_times_no_training_step(tmp_path):
     out = tmp_path / "infer.json"
     result = subprocess.run(
-        [sys.executable, "-m", "nnunetv2_uc", "bench", "--arch", "uc3dunet", "plainunet", "--patch", "16", "16", "32",
+        [sys.executable, "-m", "nnunetv2_uc", "bench", "--network", "uc3dunet", "plainunet", "--patch", "16", "16", "32",
          "--volume", "16", "24", "48", "--no-mirroring", "--repeats", "1", "--classes", "2", "--inference-only",
          "--json", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -40,7 +40,7 @@ def test_cost_times_every_network_side_by_side(tmp_path):
 
 
 def test_cost_refuses_a_patch_uxnet_cannot_take():
-    result = run_cli("cost", "--arch", "uxnet", "--patch", "40", "64", "64", "--no-timing")
+    result = run_cli("cost", "--network", "uxnet", "--patch", "40", "64", "64", "--no-timing")
     assert result.returncode == 2
     assert "axis 0 has size 40" in result.stderr and "32 or 48" in result.stderr
 

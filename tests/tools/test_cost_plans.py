@@ -141,7 +141,7 @@ def test_cost_of_a_plan_bad_input(preprocessed, tmp_path, capsys):
     assert main(["cost", "-d", "901", "-p", "nnUNetPlansX"]) == 2
     assert "nnUNetPlansX.json: no such file" in capsys.readouterr().err
     assert main(["cost", "-d", "901", "--patch", "32", "32", "32"]) == 2
-    assert "leave out --arch/--patch" in capsys.readouterr().err
+    assert "leave out --network/--patch" in capsys.readouterr().err
     assert main(["cost", "-d", "977"]) == 2  # no such dataset
     assert "dataset '977'" in capsys.readouterr().err
 

@@ -122,7 +122,7 @@ def test_refusals_name_the_file_and_write_nothing(dataset, tmp_path):
     state["encoder.stages.0.0.convs.0.conv.weight"] = torch.zeros(5, 1, 1, 3, 3)
     torch.save(state, tmp_path / "bare.pth")
     with pytest.raises(UserError, match=r"nnUNetPlans_UCInit_bare.json: no such file, and the checkpoint holds no "
-                                        r"plans .*nnunetv2_uc plan -d Dataset950_UCInit --network uc-nnunet"):
+                                        r"plans .*nnunetv2_uc plan -d Dataset950_UCInit --network uc_nnunet"):
         write_uc_init(tmp_path / "bare.pth", DATASET, "nnUNetPlans_UCInit_bare", output)
     assert not (dataset / "nnUNetPlans_UCInit_bare.json").exists()
     (dataset / "nnUNetPlans_UCSame.json").write_text(json.dumps(uc_plans_from(_plain_plans(), "nnUNetPlans_UCSame")))

@@ -51,7 +51,7 @@ def test_dry_run_lists_the_stock_commands_and_writes_nothing(tmp_path: Path, cap
 
 
 def test_uxnet_arch_selects_its_trainer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["demo", "--dry-run", "--arch", "uxnet", "--workdir", str(tmp_path), "--device", "cpu"]) == 0
+    assert main(["demo", "--dry-run", "--network", "uxnet", "--workdir", str(tmp_path), "--device", "cpu"]) == 0
     assert "-tr nnUNetTrainerUXNet_demo" in capsys.readouterr().out
 
 

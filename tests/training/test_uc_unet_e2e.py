@@ -1,7 +1,7 @@
 """uC on nnU-Net's own network end to end with the STOCK commands and no plugin trainer (CPU, a few minutes).
 
 Tiny anisotropic dataset (tests/e2e_data.py, 6 training + 2 held-out cases) -> nnUNetv2_plan_and_preprocess ->
-`nnunetv2_uc plan -d D --network uc-nnunet` (nnUNetPlans_UCUNet, reusing the preprocessed data) ->
+`nnunetv2_uc plan -d D --network uc_nnunet` (nnUNetPlans_UCUNet, reusing the preprocessed data) ->
 `nnUNetv2_train D 3d_fullres 0 -p nnUNetPlans_UCUNet -tr nnUNetTrainer_1epoch -device cpu` (nnU-Net's SGD and deep
 supervision) -> `nnUNetv2_predict -p nnUNetPlans_UCUNet -tr nnUNetTrainer_1epoch`, all with nnUNet_extTrainer unset.
 """
@@ -38,7 +38,7 @@ def pipeline(tmp_path_factory):
     planning_env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}  # 0 crashes nnU-Net's planning
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1"], planning_env,
             root / "plan.log")
-    run_cli(["nnunetv2_uc", "plan", "-d", str(DATASET_ID), "--network", "uc-nnunet"], planning_env,
+    run_cli(["nnunetv2_uc", "plan", "-d", str(DATASET_ID), "--network", "uc_nnunet"], planning_env,
             root / "uc_plan.log")
 
     assert "nnUNet_extTrainer" not in env  # only nnU-Net's own trainers can be found
