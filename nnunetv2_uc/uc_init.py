@@ -217,7 +217,7 @@ def write_uc_init(checkpoint: Path, dataset: str, plans_name: str, output: Path,
 
 def _dataset_folder(dataset: str) -> tuple[Path, dict]:
     """($nnUNet_preprocessed/DatasetX, its dataset.json)."""
-    from nnunetv2_uc.cost import preprocessed_dataset_folder
+    from nnunetv2_uc.measure.cost import preprocessed_dataset_folder
 
     folder = Path(preprocessed_dataset_folder(dataset))
     dataset_json = folder / "dataset.json"

@@ -6,7 +6,7 @@
                                                                       (parameters and MACs at the plan's patch;
                                                                       no timing)
 
-MACs follow fvcore's conventions (the spec's reference numbers); see ``nnunetv2_uc.cost``. Each network is timed in
+MACs follow fvcore's conventions (the spec's reference numbers); see ``nnunetv2_uc.measure.cost``. Each network is timed in
 a fresh process, so its peak memory is its own. With -d the networks are built from
 $nnUNet_preprocessed/DATASET/PLANS.json as nnU-Net's trainer builds them (deep supervision off).
 """
@@ -18,11 +18,11 @@ import sys
 
 from nnunetv2_uc.architectures.registry import NETWORKS
 from nnunetv2_uc.cli.deprecation import add_network_argument
-from nnunetv2_uc.cost import (DEFAULT_NETWORKS, cost_report, format_plans_table, format_table, load_dataset_plans,
+from nnunetv2_uc.measure.cost import (DEFAULT_NETWORKS, cost_report, format_plans_table, format_table, load_dataset_plans,
                               plans_cost_report)
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.files import atomic_write_json
-from nnunetv2_uc.timing import request_problem
+from nnunetv2_uc.measure.timing import request_problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

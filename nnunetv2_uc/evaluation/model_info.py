@@ -3,7 +3,7 @@
 - Parameters and MACs of the network exactly as ``nnUNetv2_predict`` builds it from the results folder: the
   trainer class (found by name, this plugin's trainers included) and its static ``build_network_architecture``
   on the folder's ``plans.json`` and ``dataset.json``, deep supervision off; MACs of one patch of the plans'
-  ``patch_size`` (``nnunetv2_uc.cost`` conventions), counted on the meta device.
+  ``patch_size`` (``nnunetv2_uc.measure.cost`` conventions), counted on the meta device.
 - Training time: the sum of nnU-Net's epoch durations (``epoch_end - epoch_start`` timestamps in each fold's
   ``checkpoint_final.pth``), so time between a killed run and its ``--c`` resume and the final validation are not
   counted.
@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from nnunetv2_uc.cost import network_cost, plans_network
+from nnunetv2_uc.measure.cost import network_cost, plans_network
 from nnunetv2_uc.registration import find_trainer_class
 
 CHECKPOINT = "checkpoint_final.pth"

@@ -13,7 +13,7 @@ from nnunetv2_uc.architectures.building_blocks.input_rules import InputRule
 from nnunetv2_uc.architectures.building_blocks.normalization import LayerNormChannelsFirst
 from nnunetv2_uc.architectures.building_blocks.u_connection import DFi, UShapedConnection
 from nnunetv2_uc.architectures.uxnet import DepthwiseChannelScaling
-from nnunetv2_uc.cost import count_macs, count_parameters
+from nnunetv2_uc.measure.cost import count_macs, count_parameters
 
 SMALL_UX = dict(feature_sizes=(16, 16, 32, 32), depths=(1, 1, 1, 1), hidden_size=32)
 SMALL_UC = dict(features=(4, 8, 16, 32, 64, 8))

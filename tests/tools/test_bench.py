@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nnunetv2_uc.architectures.building_blocks.layout import to_channels_last
-from nnunetv2_uc.timing import StepSetup, build_network, measure_step
+from nnunetv2_uc.measure.timing import StepSetup, build_network, measure_step
 
 
 def test_bench_times_training_and_sliding_window_inference_with_ratios(tmp_path):
@@ -55,7 +55,7 @@ def test_channels_last_and_bf16_autocast_steps_run_and_keep_outputs():
 
 def test_batched_predictor_equals_nnunet_predictor_over_many_tiles():
     """16 tiles with mirroring: 3 per network call vs nnU-Net's one at a time give the same logits."""
-    from nnunetv2_uc.bench import synthetic_predictor
+    from nnunetv2_uc.measure.bench import synthetic_predictor
 
     torch.manual_seed(0)
     patch, volume = (16, 16, 32), (24, 40, 48)  # 2 x 4 x 2 tiles at step 0.5
@@ -103,7 +103,7 @@ def _out_of_memory_errors() -> list:
 
 @pytest.mark.parametrize("out_of_memory", _out_of_memory_errors(), ids=lambda e: f"{e.__module__}.{e.__name__}")
 def test_batched_predictor_halves_the_batch_when_out_of_memory(capsys, out_of_memory):
-    from nnunetv2_uc.bench import synthetic_predictor
+    from nnunetv2_uc.measure.bench import synthetic_predictor
 
     class SmallGPU(torch.nn.Module):  # raises like CUDA does when a batch is too large
         def __init__(self, net):
@@ -145,7 +145,7 @@ def test_no_module_uses_the_torch_2_5_only_out_of_memory_name():
 
 
 def test_depthwise_share_comes_from_the_profiler():
-    from nnunetv2_uc.timing import _is_depthwise, depthwise_share
+    from nnunetv2_uc.measure.timing import _is_depthwise, depthwise_share
 
     assert _is_depthwise([1, 48, 8, 8, 8], [48, 1, 7, 7, 7])
     assert not _is_depthwise([1, 1, 8, 8, 8], [48, 1, 7, 7, 7])  # one input channel: a dense conv
@@ -158,7 +158,7 @@ def test_depthwise_share_comes_from_the_profiler():
 
 @pytest.mark.parametrize("device, benchmark", [("cuda", True), ("cpu", False)])
 def test_prepare_sets_cudnn_benchmark_on_cuda_as_nnunet_train_does(monkeypatch, device, benchmark):
-    from nnunetv2_uc import timing
+    from nnunetv2_uc.measure import timing
 
     class StaysOnCPU(torch.nn.Linear):  # lets a "cuda" setup run on this CPU machine
         def to(self, *args, **kwargs):

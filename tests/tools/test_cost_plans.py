@@ -1,5 +1,5 @@
 """`nnunetv2_uc cost -d D -c CONFIG -p PLANS`: a plan's network next to the same plan with uC connections and the
-paper networks, the one MAC counter taking a built network (nnunetv2_uc.cost.count_macs), and plans the uC network
+paper networks, the one MAC counter taking a built network (nnunetv2_uc.measure.cost.count_macs), and plans the uC network
 cannot take (clear error naming the plans entry, nothing written)."""
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.architectures.uc3dunet import UC3DUNet
 from nnunetv2_uc.architectures.uc_unet import UCPlainConvUNet, UCPlanError
 from nnunetv2_uc.cli import main
-from nnunetv2_uc.cost import count_macs, count_parameters
+from nnunetv2_uc.measure.cost import count_macs, count_parameters
 from nnunetv2_uc.errors import OverwriteRefused
-from nnunetv2_uc.timing import build_network
+from nnunetv2_uc.measure.timing import build_network
 from nnunetv2_uc.uc_plans import with_uc_connections, without_uc_connections
 
 LEGACY = FIXTURES / "legacy_results_0.1.0" / "Dataset901_LegacyUC" / "nnUNetTrainerUC_tiny__nnUNetPlans__3d_fullres"
