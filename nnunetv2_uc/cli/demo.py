@@ -4,7 +4,7 @@ The training is a fixed schedule, so the result does not depend on the machine's
 before training (and the time left printed after every epoch). --minutes is an optional upper bound: when the
 estimate does not fit it, the demo stops before training (exit code 75) unless --allow-fewer-iterations lets it
 train fewer iterations per epoch, at a lower Dice. Re-running reuses every finished step. See
-`nnunetv2_uc.demo` for the steps.
+`nnunetv2_uc.demo.pipeline` for the steps.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import argparse
 
 from nnunetv2_uc.architectures.registry import demo_networks
 from nnunetv2_uc.cli.deprecation import add_network_argument
-from nnunetv2_uc.demo import run_demo
+from nnunetv2_uc.demo.pipeline import run_demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ import argparse
 import os
 
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.synth import DEFAULT_NAME, generate_dataset
+from nnunetv2_uc.demo.synth import DEFAULT_NAME, generate_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,8 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 
 import helpers.fake_raw_datasets as fake
 from helpers.fake_raw_datasets import convert, nnunet_env  # noqa: F401
-from nnunetv2_uc import raw_dataset, synth
+from nnunetv2_uc import raw_dataset
+from nnunetv2_uc.demo import synth
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 from nnunetv2_uc.raw_dataset import RawDatasetTarget, dataset_folder_name, write_dataset_json
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_uc import synth
+from nnunetv2_uc.demo import synth
 from nnunetv2_uc.cli import main
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nnunetv2_uc import demo_schedule
+from nnunetv2_uc.demo import schedule as demo_schedule
 from nnunetv2_uc.cli import main
 from nnunetv2_uc.cli.deprecation import network_name
 

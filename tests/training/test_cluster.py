@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from nnunetv2_uc.demo_schedule import STOPPED_EXIT_CODE
+from nnunetv2_uc.demo.schedule import STOPPED_EXIT_CODE
 from nnunetv2_uc.trainers import TRAINER_NAMES
 from nnunetv2_uc.trainers import cluster
 from nnunetv2_uc.trainers.demo_trainers import nnUNetTrainerUC_demo, nnUNetTrainerUXNet_demo

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from nnunetv2_uc import demo, demo_schedule
+from nnunetv2_uc.demo import schedule as demo_schedule
+from nnunetv2_uc.demo import pipeline as demo
 from nnunetv2_uc.cli import main
-from nnunetv2_uc.demo_schedule import Measurement, Schedule
+from nnunetv2_uc.demo.schedule import Measurement, Schedule
 from nnunetv2_uc.trainers import demo_trainers
 
 

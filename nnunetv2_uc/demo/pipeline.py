@@ -35,7 +35,7 @@ import torch
 from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 
 from nnunetv2_uc.architectures.registry import demo_networks
-from nnunetv2_uc.demo_schedule import SECONDS_LEFT_ENV, STOPPED_EXIT_CODE, TEST_CASES_ENV, WHEN_SHORT_ENV
+from nnunetv2_uc.demo.schedule import SECONDS_LEFT_ENV, STOPPED_EXIT_CODE, TEST_CASES_ENV, WHEN_SHORT_ENV
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.evaluation.plots import write_image_overlay
 from nnunetv2_uc.raw_dataset import dataset_folder_name

@@ -4,7 +4,7 @@
 synthetic data whatever the machine's speed. Time is only estimated: the demo trainer times a few real
 iterations and one inference tile, and this module turns those measurements into the expected seconds of
 what is left (training, nnU-Net's final validation, prediction of the test cases, evaluation), checks them
-against the user's optional ``--minutes`` bound and words the result. ``demo.py`` (which starts the trainer)
+against the user's optional ``--minutes`` bound and words the result. ``pipeline.py`` (which starts the trainer)
 and ``trainers/demo_trainers.py`` (which measures) both read the environment variable names from here (this module stays free
 of heavy imports).
 """
