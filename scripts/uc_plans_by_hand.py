@@ -1,7 +1,7 @@
 """Plans for uC on nnU-Net's own network, written by hand (EXPERIMENT AND TEST HELPER).
 
 ``write_uc_plans`` gives an EXISTING plans file's configurations uC connections and nothing else (same patch, batch,
-topology and data; ``nnunetv2_uc.uc_plans.with_uc_connections``) and saves them under a new plans name. For a
+topology and data; ``nnunetv2_uc.planning.uc_plans.with_uc_connections``) and saves them under a new plans name. For a
 plan of nnU-Net's own planner use ``nnunetv2_uc plan -d D --network uc_nnunet`` instead: it re-plans patch and batch
 for a GPU memory target. The evidence experiment (``scripts/uc_on_nnunet_evidence.sh``) needs the uC version of
 its CPU-sized plans at the same patch and batch, so it uses this.
@@ -30,7 +30,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 from nnunetv2_uc.files import atomic_write_json
-from nnunetv2_uc.uc_plans import uc_plans_from
+from nnunetv2_uc.planning.uc_plans import uc_plans_from
 
 
 def _load(dataset_dir: Path, plans_name: str) -> dict:

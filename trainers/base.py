@@ -19,8 +19,8 @@ from nnunetv2_uc import provenance
 from nnunetv2_uc.architectures.registry import NetworkEntry
 from nnunetv2_uc.planning.memory import GIB
 from nnunetv2_uc.trainers.cluster import ClusterSurvivalMixin
-from nnunetv2_uc.trainers.plans_preparation import PreparedPlans, prepare_plans, trained_architecture
-from nnunetv2_uc.uc_plans import has_uc_connections
+from nnunetv2_uc.planning.trainer_plans import PreparedPlans, prepare_plans, trained_architecture
+from nnunetv2_uc.planning.uc_plans import has_uc_connections
 
 
 def build_from_plans(network: NetworkEntry, configuration_manager: ConfigurationManager, num_input_channels: int,

@@ -38,7 +38,7 @@ from nnunetv2.inference.sliding_window_prediction import compute_steps_for_slidi
 
 from nnunetv2_uc.demo import schedule as demo_schedule
 from nnunetv2_uc.demo.schedule import Decision, Measurement, Schedule
-from nnunetv2_uc.trainers.plans_preparation import FIXED_PATCH_KEY
+from nnunetv2_uc.planning.trainer_plans import FIXED_PATCH_KEY
 from nnunetv2_uc.trainers.uc_trainers import nnUNetTrainerUC
 from nnunetv2_uc.trainers.uxnet_trainers import nnUNetTrainerUXNet
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.plans_override import add_preset, available_presets
+from nnunetv2_uc.planning.overrides import add_preset, available_presets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ from nnunetv2_uc.architectures.uc_unet import UCPlanError
 from nnunetv2_uc.architectures.uxnet import DepthwiseChannelScaling
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.measure.timing import StepSetup, build_network, measure_step, run_in_fresh_process
-from nnunetv2_uc.uc_plans import UC_VERSION, has_uc_connections, with_uc_connections, without_uc_connections
+from nnunetv2_uc.planning.uc_plans import UC_VERSION, has_uc_connections, with_uc_connections, without_uc_connections
 
 DEFAULT_NETWORKS = ("uxnet", "uc3dunet", "plainunet")
 

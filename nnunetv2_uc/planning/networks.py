@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from nnunetv2_uc.architectures.registry import ADAMW_SLOTS, NETWORKS, NetworkEntry, plannable_networks
 from nnunetv2_uc.architectures.uc_unet import UCPlanError
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.uc_plans import with_uc_connections
+from nnunetv2_uc.planning.uc_plans import with_uc_connections
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from helpers.paths import FIXTURES
 from nnunetv2_uc.architectures.uc3dunet import UC3DUNet
 from nnunetv2_uc.cli import main
 from nnunetv2_uc.measure.cost import count_macs, count_parameters
-from nnunetv2_uc.uc_plans import with_uc_connections
+from nnunetv2_uc.planning.uc_plans import with_uc_connections
 
 FIXTURE = FIXTURES / "legacy_results_0.1.0"
 DATASET = "Dataset901_LegacyUC"

@@ -20,7 +20,7 @@ from nnunetv2_uc.cli import main
 from nnunetv2_uc.measure.cost import count_macs, count_parameters
 from nnunetv2_uc.errors import OverwriteRefused
 from nnunetv2_uc.measure.timing import build_network
-from nnunetv2_uc.uc_plans import with_uc_connections, without_uc_connections
+from nnunetv2_uc.planning.uc_plans import with_uc_connections, without_uc_connections
 
 LEGACY = FIXTURES / "legacy_results_0.1.0" / "Dataset901_LegacyUC" / "nnUNetTrainerUC_tiny__nnUNetPlans__3d_fullres"
 PATCH = [16, 32, 32]  # the fixture plans' 3d_fullres patch

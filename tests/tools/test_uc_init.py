@@ -15,7 +15,7 @@ import torch
 from helpers.paths import fixture_path
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 from nnunetv2_uc.uc_init import write_uc_init
-from nnunetv2_uc.uc_plans import uc_plans_from
+from nnunetv2_uc.planning.uc_plans import uc_plans_from
 
 DATASET = "Dataset950_UCInit"
 PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"

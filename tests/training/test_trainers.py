@@ -316,7 +316,7 @@ def test_plans_for_another_paper_network_name_the_right_trainer(nnunet_dirs):
 
 def test_uc_on_nnunets_network_trains_with_deep_supervision_under_the_adamw_trainer(nnunet_dirs):
     from nnunetv2_uc.architectures.uc_unet import UCPlainConvUNet
-    from nnunetv2_uc.uc_plans import with_uc_connections
+    from nnunetv2_uc.planning.uc_plans import with_uc_connections
 
     plain = tiny_plans()["configurations"]["3d_fullres"]["architecture"]
     plans = _planned_plans(with_uc_connections(plain, (16, 32, 32)), batch_size=2)
@@ -334,7 +334,7 @@ def test_uc_on_nnunets_network_trains_with_deep_supervision_under_the_adamw_trai
 
 
 def test_checkpointed_variant_on_uc_on_nnunet_plans_is_refused(nnunet_dirs):
-    from nnunetv2_uc.uc_plans import with_uc_connections
+    from nnunetv2_uc.planning.uc_plans import with_uc_connections
 
     plain = tiny_plans()["configurations"]["3d_fullres"]["architecture"]
     plans = _planned_plans(with_uc_connections(plain, (16, 32, 32)), batch_size=2)

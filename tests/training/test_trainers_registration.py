@@ -146,7 +146,7 @@ def test_plans_override_errors(plans_file, capsys):
 
 
 def test_presets_are_valid_data_files():
-    from nnunetv2_uc.plans_override import available_presets
+    from nnunetv2_uc.planning.overrides import available_presets
 
     presets = available_presets()
     assert "3d_fullres_paper96" in presets

@@ -32,7 +32,7 @@ from nnunetv2_uc.planning.memory import GIB
 from nnunetv2_uc.planning.networks import paper_network
 from nnunetv2_uc.planning.planners import planner_reference
 from nnunetv2_uc.provenance import PLUGIN_MODULE_PREFIX
-from nnunetv2_uc.uc_plans import has_uc_connections
+from nnunetv2_uc.planning.uc_plans import has_uc_connections
 
 #: configuration keys this plugin reads (all optional)
 FIXED_PATCH_KEY = "uc_fixed_patch"            # true: take patch_size/batch_size as given, only check the shape
