@@ -17,6 +17,7 @@ from torch import nn
 
 from nnunetv2_uc.architectures.original_checkpoints import OriginalCheckpoint
 from nnunetv2_uc.architectures import uc3dunet, uc_unet, uxnet
+from nnunetv2_uc.planning.uc_plans import uc_arch_kwargs
 
 #: (input_channels, num_classes, patch, activation_checkpointing) -> network, for cost and bench
 PatchBuilder = Callable[[int, int, Sequence[int], bool], nn.Module]
@@ -125,7 +126,7 @@ def _nnunet_network(residual: bool, with_uc: bool = False) -> PatchBuilder:
         common = dict(conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
                       nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
         if with_uc:
-            common.update(uc_unet.uc_arch_kwargs(patch, topology["strides"]))
+            common.update(uc_arch_kwargs(patch, topology["strides"]))
         args = (input_channels, n, topology["features_per_stage"], nn.Conv3d, topology["kernel_sizes"],
                 topology["strides"])
         if residual:

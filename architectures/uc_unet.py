@@ -31,7 +31,8 @@ decoder stage, deep supervision (``decoder.deep_supervision``, which nnU-Net's t
 Tensors are (B, C, D0, D1, D2), nnU-Net's (z, y, x) with the coarsest-spacing axis first. With
 ``uc_slice_axis="first"`` the 2-D U-Nets run on the (D1, D2) in-plane slices.
 
-The entries a plan adds to arch_kwargs (``uc_arch_kwargs`` derives them from the planned patch):
+The entries a plan adds to arch_kwargs (``nnunetv2_uc.planning.uc_plans.uc_arch_kwargs`` derives them from the
+planned patch):
     uc_stages      encoder stages whose skip passes through a uC (0 = full resolution; the last stage, the
                    bottleneck, has no skip). Default: every stage whose in-plane map is >= 16 voxels.
     uc_depths      poolings of each of those uC's 2-D U-Net: the most that keep the smaller in-plane side
@@ -68,7 +69,6 @@ from nnunetv2_uc.architectures.building_blocks.u_connection import SLICE_AXES, D
 from nnunetv2_uc.errors import UserError
 
 MIN_POOLED_PLANE = 4  # a uC's 2-D U-Net pools while the smaller in-plane side stays >= 4 voxels
-MIN_DEFAULT_PLANE = 16  # default uC stages: in-plane map >= 16 voxels at the planned patch
 UC_FUSIONS = ("residual", "replace")  # how a uC skip enters its decoder stage (module docstring)
 PLANNED_FUSION = "residual"  # what new plans get
 LEGACY_FUSION = "replace"  # what plans without uc_fusion (written before it existed) build
@@ -102,70 +102,12 @@ def stage_sizes(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) -> 
     return sizes
 
 
-def plane_poolings(plane_side: int) -> int:
-    """2-D poolings for a plane whose smaller side is ``plane_side``: the largest n with side / 2^n >= 4."""
-    n = 0
-    while plane_side // 2 ** (n + 1) >= MIN_POOLED_PLANE:
-        n += 1
-    return n
-
-
 def uc_widths(stage_width: int, depth: int, max_width: int) -> list[int]:
     """A uC's 2-D U-Net widths: the stage's width, doubling per 2-D level, capped at ``max_width``."""
     return [min(stage_width * 2 ** level, max_width) for level in range(depth + 1)]
 
 
-def uc_arch_kwargs(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
-                   uc_stages: Sequence[int] | None = None, slice_axis: str = "first",
-                   fusion: str = PLANNED_FUSION) -> dict:
-    """The uC entries for a 3-D plan's arch_kwargs: ``{"uc_stages", "uc_depths", "uc_slice_axis", "uc_fusion"}``,
-    plus ``uc_residual_gain`` for the residual fusion.
-
-    ``patch_size`` and ``strides`` are the configuration's ``patch_size`` and ``arch_kwargs["strides"]``.
-    ``uc_stages`` None: every skip stage whose in-plane map is at least 16 voxels; chosen stages need at least
-    8 (one pooling to 4). Raises ``UCPlanError`` naming the entry to fix.
-    """
-    if len(patch_size) != 3:
-        raise UCPlanError(f"patch_size {list(patch_size)} has {len(patch_size)} axes, but uC folds 3-D maps into "
-                          f"2-D slices: plan it for a 3-D configuration (3d_fullres or 3d_lowres), not 2d")
-    for s, stride in enumerate(strides):
-        if len(stride) != 3:
-            raise UCPlanError(f"strides[{s}] = {list(stride)} is not a 3-D stride; use the strides of the same "
-                              f"3-D configuration as patch_size {list(patch_size)}")
-    if slice_axis not in SLICE_AXES:
-        raise UCPlanError(f"uc_slice_axis must be one of {SLICE_AXES}, got {slice_axis!r}")
-    if fusion not in UC_FUSIONS:
-        raise UCPlanError(f"uc_fusion must be one of {UC_FUSIONS}, got {fusion!r}")
-    axes = in_plane_axes(slice_axis)
-    sizes = stage_sizes(patch_size, strides)
-    planes = [min(size[a] for a in axes) for size in sizes[:-1]]  # the bottleneck has no skip
-    if uc_stages is None:
-        uc_stages = [s for s, side in enumerate(planes) if side >= MIN_DEFAULT_PLANE]
-        if not uc_stages:
-            raise UCPlanError(
-                f"patch_size {list(patch_size)} with these strides leaves no skip stage whose in-plane map (axes "
-                f"{axes}) is at least {MIN_DEFAULT_PLANE} voxels (smaller in-plane side per stage: {planes}); plan "
-                f"a patch_size of at least {MIN_DEFAULT_PLANE} on axes {axes}, or choose uc_stages among stages "
-                f"whose in-plane side is at least {2 * MIN_POOLED_PLANE}")
-    _check_uc_stages(uc_stages, len(strides))
-    depths = []
-    for s in uc_stages:
-        depth = plane_poolings(planes[s])
-        if depth < 1:
-            raise UCPlanError(
-                f"uc_stages includes stage {s}, whose in-plane map at patch_size {list(patch_size)} is "
-                f"{[sizes[s][a] for a in axes]} voxels (patch_size // strides[0..{s}]); its 2-D U-Net needs a side "
-                f"of at least {2 * MIN_POOLED_PLANE} to pool once to {MIN_POOLED_PLANE}. Drop stage {s} from "
-                f"uc_stages or enlarge patch_size on axes {axes}")
-        depths.append(depth)
-    kwargs = {"uc_stages": [int(s) for s in uc_stages], "uc_depths": depths, "uc_slice_axis": slice_axis,
-              "uc_fusion": fusion}
-    if fusion == "residual":
-        kwargs["uc_residual_gain"] = PLANNED_RESIDUAL_GAIN
-    return kwargs
-
-
-def _check_uc_stages(uc_stages: Sequence[int], n_stages: int) -> None:
+def check_uc_stages(uc_stages: Sequence[int], n_stages: int) -> None:
     skip_stages = list(range(n_stages - 1))
     if any(not isinstance(s, int) or s not in skip_stages for s in uc_stages) or len(set(uc_stages)) != len(uc_stages):
         raise UCPlanError(f"uc_stages {list(uc_stages)} must be distinct skip stages among {skip_stages} "
@@ -199,8 +141,8 @@ def _check_uc_kwargs(uc_stages, uc_depths, uc_slice_axis: str, uc_fusion: str, u
                      n_stages: int, network: str) -> None:
     if uc_stages is None or uc_depths is None:
         raise UCPlanError(f"{network} needs arch_kwargs uc_stages and uc_depths; add them to the plan's "
-                          f"arch_kwargs with nnunetv2_uc.architectures.uc_unet.uc_arch_kwargs(patch_size, strides)")
-    _check_uc_stages(uc_stages, n_stages)
+                          f"arch_kwargs with nnunetv2_uc.planning.uc_plans.uc_arch_kwargs(patch_size, strides)")
+    check_uc_stages(uc_stages, n_stages)
     if len(uc_depths) != len(uc_stages) or any(not isinstance(d, int) or d < 1 for d in uc_depths):
         raise UCPlanError(f"{network}: arch_kwargs uc_depths {list(uc_depths)} needs one 2-D pooling count >= 1 per "
                           f"entry of uc_stages {list(uc_stages)}; derive both with uc_arch_kwargs(patch_size, strides)")

@@ -12,7 +12,70 @@ from typing import Sequence
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
-from nnunetv2_uc.architectures.uc_unet import UCPlainConvUNet, UCPlanError, UCResidualEncoderUNet, uc_arch_kwargs
+from nnunetv2_uc.architectures.uc_unet import (
+    MIN_POOLED_PLANE, PLANNED_FUSION, PLANNED_RESIDUAL_GAIN, SLICE_AXES, UC_FUSIONS, UCPlainConvUNet, UCPlanError,
+    UCResidualEncoderUNet, check_uc_stages, in_plane_axes, stage_sizes,
+)
+
+MIN_DEFAULT_PLANE = 16  # default uC stages: in-plane map >= 16 voxels at the planned patch
+
+
+def plane_poolings(plane_side: int) -> int:
+    """2-D poolings for a plane whose smaller side is ``plane_side``: the largest n with side / 2^n >= 4."""
+    n = 0
+    while plane_side // 2 ** (n + 1) >= MIN_POOLED_PLANE:
+        n += 1
+    return n
+
+
+def uc_arch_kwargs(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
+                   uc_stages: Sequence[int] | None = None, slice_axis: str = "first",
+                   fusion: str = PLANNED_FUSION) -> dict:
+    """The uC entries for a 3-D plan's arch_kwargs: ``{"uc_stages", "uc_depths", "uc_slice_axis", "uc_fusion"}``,
+    plus ``uc_residual_gain`` for the residual fusion.
+
+    ``patch_size`` and ``strides`` are the configuration's ``patch_size`` and ``arch_kwargs["strides"]``.
+    ``uc_stages`` None: every skip stage whose in-plane map is at least 16 voxels; chosen stages need at least
+    8 (one pooling to 4). Raises ``UCPlanError`` naming the entry to fix.
+    """
+    if len(patch_size) != 3:
+        raise UCPlanError(f"patch_size {list(patch_size)} has {len(patch_size)} axes, but uC folds 3-D maps into "
+                          f"2-D slices: plan it for a 3-D configuration (3d_fullres or 3d_lowres), not 2d")
+    for s, stride in enumerate(strides):
+        if len(stride) != 3:
+            raise UCPlanError(f"strides[{s}] = {list(stride)} is not a 3-D stride; use the strides of the same "
+                              f"3-D configuration as patch_size {list(patch_size)}")
+    if slice_axis not in SLICE_AXES:
+        raise UCPlanError(f"uc_slice_axis must be one of {SLICE_AXES}, got {slice_axis!r}")
+    if fusion not in UC_FUSIONS:
+        raise UCPlanError(f"uc_fusion must be one of {UC_FUSIONS}, got {fusion!r}")
+    axes = in_plane_axes(slice_axis)
+    sizes = stage_sizes(patch_size, strides)
+    planes = [min(size[a] for a in axes) for size in sizes[:-1]]  # the bottleneck has no skip
+    if uc_stages is None:
+        uc_stages = [s for s, side in enumerate(planes) if side >= MIN_DEFAULT_PLANE]
+        if not uc_stages:
+            raise UCPlanError(
+                f"patch_size {list(patch_size)} with these strides leaves no skip stage whose in-plane map (axes "
+                f"{axes}) is at least {MIN_DEFAULT_PLANE} voxels (smaller in-plane side per stage: {planes}); plan "
+                f"a patch_size of at least {MIN_DEFAULT_PLANE} on axes {axes}, or choose uc_stages among stages "
+                f"whose in-plane side is at least {2 * MIN_POOLED_PLANE}")
+    check_uc_stages(uc_stages, len(strides))
+    depths = []
+    for s in uc_stages:
+        depth = plane_poolings(planes[s])
+        if depth < 1:
+            raise UCPlanError(
+                f"uc_stages includes stage {s}, whose in-plane map at patch_size {list(patch_size)} is "
+                f"{[sizes[s][a] for a in axes]} voxels (patch_size // strides[0..{s}]); its 2-D U-Net needs a side "
+                f"of at least {2 * MIN_POOLED_PLANE} to pool once to {MIN_POOLED_PLANE}. Drop stage {s} from "
+                f"uc_stages or enlarge patch_size on axes {axes}")
+        depths.append(depth)
+    kwargs = {"uc_stages": [int(s) for s in uc_stages], "uc_depths": depths, "uc_slice_axis": slice_axis,
+              "uc_fusion": fusion}
+    if fusion == "residual":
+        kwargs["uc_residual_gain"] = PLANNED_RESIDUAL_GAIN
+    return kwargs
 
 
 def import_path(cls: type) -> str:

@@ -19,8 +19,9 @@ from torch import nn
 from helpers.e2e_data import SHAPE_ZYX, write_raw_dataset
 from nnunetv2_uc.architectures.building_blocks.u_connection import SkipUNet2d
 from nnunetv2_uc.architectures.uc_unet import (
-    ResidualUShapedSkip, UCPlainConvUNet, UCPlanError, UCResidualEncoderUNet, UShapedSkipFusion, uc_arch_kwargs,
+    ResidualUShapedSkip, UCPlainConvUNet, UCPlanError, UCResidualEncoderUNet, UShapedSkipFusion,
 )
+from nnunetv2_uc.planning.uc_plans import uc_arch_kwargs
 from nnunetv2_uc.errors import UserError
 
 MODULE = "nnunetv2_uc.architectures.uc_unet"

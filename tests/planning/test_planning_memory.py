@@ -158,7 +158,7 @@ def test_the_residual_uc_branch_is_counted():
     """uC on nnU-Net's network (uc_fusion "residual"): the estimate counts the uC branch on top of nnU-Net's network,
     and the decoder stages' 2C inputs, which the former "replace" network halves."""
     from nnunetv2_uc.architectures.registry import nnunet_topology
-    from nnunetv2_uc.architectures.uc_unet import uc_arch_kwargs
+    from nnunetv2_uc.planning.uc_plans import uc_arch_kwargs
     from nnunetv2_uc.planning.memory import memory_model_for, parameter_bytes
 
     patch, topology = (32, 64, 64), nnunet_topology((32, 64, 64))
