@@ -1,7 +1,7 @@
 """How a network file describes the authors' checkpoints: key rules and constructor-argument translation.
 
 Each network file defines its own ``ORIGINAL_CHECKPOINT`` (as timm keeps ``checkpoint_filter_fn`` next to the
-model); ``nnunetv2_uc.interop`` reads checkpoints and applies it.
+model); ``nnunetv2_uc.weights.original`` reads checkpoints and applies it.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training-step time of our UX-Net / uC vs the straightforward original-semantics re-statement (tests/helpers/).
 
-Both networks get the same weights (ours loaded from the reference's state dict through nnunetv2_uc.interop) and
+Both networks get the same weights (ours loaded from the reference's state dict through nnunetv2_uc.weights.original) and
 the same input; steps alternate between the two so machine load hits both alike. CPU process time is reported
 next to wall time because process time is far less sensitive to other jobs on a shared machine.
 
@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers.original_semantics import OriginalUC3DUNet, OriginalUXNet  # noqa: E402
 
-from nnunetv2_uc.interop import load_original  # noqa: E402
+from nnunetv2_uc.weights.original import load_original  # noqa: E402
 
 PAIRS = {
     "uxnet": (lambda: OriginalUXNet(in_chans=1, out_chans=5), {"in_chans": 1, "out_chans": 5}),

@@ -13,7 +13,7 @@ from pathlib import Path
 from nnunetv2_uc.architectures.registry import original_networks
 from nnunetv2_uc.cli.deprecation import add_network_argument
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.interop import write_nnunet_weights
+from nnunetv2_uc.weights.original import write_nnunet_weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunetv2_uc.uc_init import describe, write_uc_init
+    from nnunetv2_uc.weights.uc_init import describe, write_uc_init
 
     result = write_uc_init(checkpoint=args.checkpoint, dataset=args.dataset, plans_name=args.plans,
                            output=args.output, configuration=args.configuration, overwrite=args.overwrite,

@@ -18,7 +18,7 @@ from nnunetv2_uc.conversion.volumes import (
     Geometry, UnconvertibleCase, describe_read_error, read_repaired_geometry, read_repaired_image,
     read_sitk_geometry, to_label_array, write_label,
 )
-from nnunetv2_uc.raw_dataset import FILE_ENDING
+from nnunetv2_uc.conversion.raw_dataset import FILE_ENDING
 
 TRAIN, TEST = "Tr", "Ts"
 

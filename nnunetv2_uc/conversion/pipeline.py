@@ -2,7 +2,7 @@
 
 discovery (dataset module) -> validation of every case, collecting all problems -> parallel per-case writing
 into a hidden temporary folder next to the target -> dataset.json and splits -> atomic move into place
-(:mod:`nnunetv2_uc.raw_dataset`). Nothing is visible under ``$nnUNet_raw`` until every case has been written.
+(:mod:`nnunetv2_uc.conversion.raw_dataset`). Nothing is visible under ``$nnUNet_raw`` until every case has been written.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from nnunetv2_uc.conversion.cases import TEST, TRAIN, CaseOutcome, CaseSource, I
 from nnunetv2_uc.conversion.splits import SplitPlan, check_split_consistency
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 from nnunetv2_uc.files import atomic_write_json
-from nnunetv2_uc.raw_dataset import FILE_ENDING, RawDatasetTarget, dataset_folder_name, write_dataset_json
+from nnunetv2_uc.conversion.raw_dataset import FILE_ENDING, RawDatasetTarget, dataset_folder_name, write_dataset_json
 
 SPLITS_FILE = "splits_final.json"
 _T = TypeVar("_T")

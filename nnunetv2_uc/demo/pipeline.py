@@ -38,7 +38,7 @@ from nnunetv2_uc.architectures.registry import demo_networks
 from nnunetv2_uc.demo.schedule import SECONDS_LEFT_ENV, STOPPED_EXIT_CODE, TEST_CASES_ENV, WHEN_SHORT_ENV
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.evaluation.plots import write_image_overlay
-from nnunetv2_uc.raw_dataset import dataset_folder_name
+from nnunetv2_uc.conversion.raw_dataset import dataset_folder_name
 from nnunetv2_uc.registration import ENV_VAR, ext_trainer_value
 
 DATASET_ID = 990

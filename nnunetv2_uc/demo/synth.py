@@ -10,7 +10,7 @@ real work. Held-out test cases go to imagesTs with their labels in labelsTs.
 
 The output is deterministic for a seed: case i is drawn from its own random stream, so the same
 case is identical whatever --cases is. The dataset is written into a temporary folder and moved
-into place at the end (:mod:`nnunetv2_uc.raw_dataset`, as ``convert`` does): an existing dataset of the same
+into place at the end (:mod:`nnunetv2_uc.conversion.raw_dataset`, as ``convert`` does): an existing dataset of the same
 folder is replaced only with --overwrite, and an ID used by another dataset name is refused.
 
 Example:
@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.raw_dataset import FILE_ENDING, RawDatasetTarget, write_dataset_json
+from nnunetv2_uc.conversion.raw_dataset import FILE_ENDING, RawDatasetTarget, write_dataset_json
 
 LABELS: dict[str, int] = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
 # tissue classes of the (unlabelled) anatomy, returned with every case for inspection and tests

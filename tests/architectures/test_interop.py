@@ -12,7 +12,7 @@ import torch
 from helpers.paths import fixture_path
 from nnunetv2_uc.architectures import UC3DUNet, UXNet
 from nnunetv2_uc.architectures.registry import network_entry
-from nnunetv2_uc.interop import CheckpointError, load_original
+from nnunetv2_uc.weights.original import CheckpointError, load_original
 from helpers.original_semantics import OriginalUC3DUNet, OriginalUXNet, perturb_
 
 

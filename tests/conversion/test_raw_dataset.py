@@ -1,4 +1,4 @@
-"""The one raw-dataset writer (nnunetv2_uc.raw_dataset) and that `convert` and `synth` both write through it."""
+"""The one raw-dataset writer (nnunetv2_uc.conversion.raw_dataset) and that `convert` and `synth` both write through it."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,10 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 
 import helpers.fake_raw_datasets as fake
 from helpers.fake_raw_datasets import convert, nnunet_env  # noqa: F401
-from nnunetv2_uc import raw_dataset
+from nnunetv2_uc.conversion import raw_dataset
 from nnunetv2_uc.demo import synth
 from nnunetv2_uc.errors import OverwriteRefused, UserError
-from nnunetv2_uc.raw_dataset import RawDatasetTarget, dataset_folder_name, write_dataset_json
+from nnunetv2_uc.conversion.raw_dataset import RawDatasetTarget, dataset_folder_name, write_dataset_json
 
 DATASET_JSON = dict(channel_names={0: "CT"}, labels={"background": 0, "liver": 1}, num_training_cases=1,
                     dataset_name="Dataset950_Tiny", reference="a reference", licence="CC0-1.0",

@@ -1,4 +1,4 @@
-"""`nnunetv2_uc uc-init` (nnunetv2_uc/uc_init.py) on hand-made plans and checkpoints: the weights it writes start the
+"""`nnunetv2_uc uc-init` (nnunetv2_uc/weights/uc_init.py) on hand-made plans and checkpoints: the weights it writes start the
 uC network as the trained one, the uC plans it makes keep the topology, and bad input names the file and the fix,
 writing nothing. The stock `nnUNetv2_train -pretrained_weights` run is in tests/training/test_uc_unet_e2e.py."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from helpers.paths import fixture_path
 from nnunetv2_uc.errors import OverwriteRefused, UserError
-from nnunetv2_uc.uc_init import write_uc_init
+from nnunetv2_uc.weights.uc_init import write_uc_init
 from nnunetv2_uc.planning.uc_plans import uc_plans_from
 
 DATASET = "Dataset950_UCInit"

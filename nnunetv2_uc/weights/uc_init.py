@@ -24,7 +24,7 @@ from nnunetv2_uc.architectures.original_checkpoints import CheckpointError
 from nnunetv2_uc.architectures.uc_unet import PLANNED_FUSION
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 from nnunetv2_uc.files import atomic_torch_save, atomic_write_json
-from nnunetv2_uc.interop import read_state_dict
+from nnunetv2_uc.weights.original import read_state_dict
 from nnunetv2_uc.planning.uc_plans import UC_VERSION, has_uc_connections, uc_plans_from, without_uc_connections
 
 UC_KEY_PREFIX = "decoder.uc_fusions."  # the state-dict keys only the uC version has
