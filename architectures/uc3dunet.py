@@ -6,6 +6,8 @@ Input (B, C_in, D0, D1, D2), every axis >= 16 (multiples of 16 recommended); out
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Sequence
 
 import torch
@@ -58,6 +60,22 @@ class ConcatUpBlock(nn.Module):
         return self.convs(torch.cat([skip, pad_end_to_match(self.upsample(x), skip)], dim=1))
 
 
+#: constructor keywords renamed on 2026-12-05 (one name per concept with uC on nnU-Net's network) -> new names
+RENAMED_KWARGS = {"uc_levels": "uc_stages", "slice_axis": "uc_slice_axis"}
+
+
+def _renamed_kwargs(renamed: dict, uc_stages: Sequence[int], uc_slice_axis: str) -> tuple[Sequence[int], str]:
+    """``uc_stages`` and ``uc_slice_axis``, taken from their old names where a plan written before the rename gives
+    those (with a FutureWarning); any other unknown keyword is a TypeError, as for any constructor."""
+    unknown = sorted(set(renamed) - set(RENAMED_KWARGS))
+    if unknown:
+        raise TypeError(f"UC3DUNet got unexpected keyword arguments {unknown}")
+    for old, value in renamed.items():
+        warnings.warn(f"UC3DUNet: {old} is deprecated and will be removed in the next release; use "
+                      f"{RENAMED_KWARGS[old]} (in a plans file: arch_kwargs)", FutureWarning, stacklevel=3)
+    return renamed.get("uc_levels", uc_stages), renamed.get("slice_axis", uc_slice_axis)
+
+
 class UC3DUNet(AbstractDynamicNetworkArchitectures):
     """uC 3DU-Net. Defaults are the paper configuration (21,716,235 parameters for 1 input, 5 classes).
 
@@ -65,9 +83,10 @@ class UC3DUNet(AbstractDynamicNetworkArchitectures):
         input_channels: image channels.
         num_classes: output logit channels.
         features: f0..f4 encoder widths and f5 the full-resolution decoder width (the original's ``features``).
-        uc_levels: skip levels that pass through a U-shaped connection (the original: 0, 1, 2).
-        slice_axis: "first" folds spatial axis 0 (in-plane slices of nnU-Net's (z, y, x) tensors);
+        uc_stages: skip levels that pass through a U-shaped connection (the original: 0, 1, 2).
+        uc_slice_axis: "first" folds spatial axis 0 (in-plane slices of nnU-Net's (z, y, x) tensors);
             "last" folds axis 2, as the original does on its MONAI (x, y, z) tensors.
+        (``uc_levels`` / ``slice_axis``: the names of plans written before 2026-12-05; accepted for one release.)
         activation_checkpointing: recompute each stage's activations (3-D conv pairs, U-shaped connections, up
             blocks) in the backward pass instead of storing them (memory down, step time up; values unchanged).
         deep_supervision: accepted for nnU-Net's ``get_network_from_plans``; must be falsy (no DS heads).
@@ -76,25 +95,26 @@ class UC3DUNet(AbstractDynamicNetworkArchitectures):
     input_rule = InputRule(total_stride=16, every_axis_multiple=False)  # multiples of 16 recommended
 
     def __init__(self, input_channels: int, num_classes: int,
-                 features: Sequence[int] = (24, 48, 96, 192, 384, 32), uc_levels: Sequence[int] = (0, 1, 2),
-                 slice_axis: str = "first", activation_checkpointing: bool = False,
-                 deep_supervision: bool = False) -> None:
+                 features: Sequence[int] = (24, 48, 96, 192, 384, 32), uc_stages: Sequence[int] = (0, 1, 2),
+                 uc_slice_axis: str = "first", activation_checkpointing: bool = False,
+                 deep_supervision: bool = False, **renamed) -> None:
         super().__init__()
+        uc_stages, uc_slice_axis = _renamed_kwargs(renamed, uc_stages, uc_slice_axis)
         if deep_supervision:
             raise ValueError("UC3DUNet has no deep-supervision heads; build it with deep_supervision=False")
         f = list(features)
         if len(f) != 6:
             raise ValueError(f"features needs 6 widths (f0..f4 encoder, f5 decoder), got {f}")
-        if any(level not in (0, 1, 2, 3) for level in uc_levels):
-            raise ValueError(f"uc_levels must be skip levels among 0..3, got {list(uc_levels)}")
-        for level in uc_levels:  # the original's 2-D U-Net on level l is built for widths f_l..f4 that double
+        if any(level not in (0, 1, 2, 3) for level in uc_stages):
+            raise ValueError(f"uc_stages must be skip levels among 0..3, got {list(uc_stages)}")
+        for level in uc_stages:  # the original's 2-D U-Net on level l is built for widths f_l..f4 that double
             if any(2 * a != b for a, b in zip(f[level:4], f[level + 1:5])):
                 raise ValueError(f"UC3DUNet's uC on level {level} needs widths f{level}..f4 each double the previous, "
                                  f"got {f[level:5]}")
         self.input_channels = input_channels
         self.num_classes = num_classes
-        self.slice_axis = slice_axis
-        self.uc_levels = tuple(uc_levels)
+        self.uc_slice_axis = uc_slice_axis
+        self.uc_stages = tuple(uc_stages)
         self.activation_checkpointing = activation_checkpointing
         self.stem = two_conv_3d(input_channels, f[0])
         self.down = nn.ModuleList(
@@ -102,7 +122,7 @@ class UC3DUNet(AbstractDynamicNetworkArchitectures):
         )
         # a uC on skip level l runs a 2-D U-Net with widths f_l .. f4 (bottoming out at f4)
         self.u_connections = nn.ModuleDict(
-            {str(level): UShapedConnection(f[level:5], slice_axis) for level in self.uc_levels}
+            {str(level): UShapedConnection(f[level:5], uc_slice_axis) for level in self.uc_stages}
         )
         self.gated_up = nn.ModuleList(GatedUpBlock(f[level + 1], f[level]) for level in (3, 2, 1))
         self.concat_up = ConcatUpBlock(f[1], f[0], f[5])
@@ -179,7 +199,7 @@ def kwargs_from_original(original: dict, state: dict) -> dict:
         "input_channels": take(kw, "in_channels", int(stem.shape[1]) if stem is not None else 1),
         "num_classes": take(kw, "out_channels", first_dim(state, "final_conv.weight", 2)),
         "features": list(take(kw, "features", default_features)),
-        "slice_axis": "last",  # the original folds the last axis of its (x, y, z) tensors
+        "uc_slice_axis": "last",  # the original folds the last axis of its (x, y, z) tensors
     }
     for ignored in ("depths", "drop_path_rate", "hidden_size", "layer_scale_init_value", "conv_block", "res_block",
                     "norm_name", "spatial_dims"):

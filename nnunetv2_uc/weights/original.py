@@ -128,5 +128,5 @@ def write_nnunet_weights(network: str, checkpoint: Path, output: Path, original_
 
 
 def _network_kwargs(model: nn.Module) -> dict:
-    keys = ("input_channels", "num_classes", "slice_axis", "uc_levels")
+    keys = ("input_channels", "num_classes", "uc_slice_axis", "uc_stages")
     return {k: getattr(model, k) for k in keys if hasattr(model, k)}

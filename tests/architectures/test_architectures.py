@@ -43,7 +43,7 @@ def test_networks_have_no_initialize_hook_for_nnunet():
 @pytest.mark.parametrize("model, shape", [
     (UXNet(2, 3, **SMALL_UX), (2, 2, 32, 48, 64)),
     (UC3DUNet(2, 3, **SMALL_UC), (2, 2, 33, 40, 47)),
-    (UC3DUNet(1, 4, slice_axis="last", **SMALL_UC), (1, 1, 16, 32, 48)),
+    (UC3DUNet(1, 4, uc_slice_axis="last", **SMALL_UC), (1, 1, 16, 32, 48)),
 ])
 def test_output_is_logits_of_the_input_size_and_every_parameter_gets_a_gradient(model, shape):
     torch.manual_seed(0)

@@ -74,7 +74,7 @@ def test_uc3dunet_matches_original_semantics_on_other_configurations(kwargs, sha
     torch.manual_seed(2)
     reference = perturb_(OriginalUC3DUNet(**kwargs), seed=2)
     ours = load_original("uc3dunet", reference.state_dict(), **kwargs)
-    assert ours.slice_axis == "last"
+    assert ours.uc_slice_axis == "last"
     x = torch.randn(shape)
     with torch.no_grad():
         assert relative_error(ours(x), reference(x)) < 1e-5

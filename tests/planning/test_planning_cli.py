@@ -74,7 +74,7 @@ def test_plan_writes_plans_that_nnunet_reads_and_builds_our_network_from(nnunet,
     network = get_network_from_plans(configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
                                      configuration.network_arch_init_kwargs_req_import, 1, 3, allow_init=True,
                                      deep_supervision=False)
-    assert isinstance(network, UC3DUNet) and network.slice_axis == "first"
+    assert isinstance(network, UC3DUNet) and network.uc_slice_axis == "first"
     with torch.no_grad():
         assert network(torch.zeros(1, 1, *configuration.patch_size)).shape == (1, 3, 16, 32, 32)
 

@@ -110,7 +110,7 @@ def test_plans_name_architecture_and_shared_data(plan):
     assert uc["plans"]["plans_name"] == "nnUNetResEncUNetLPlans_UC3DUNet"
     assert uc["architecture"] == {
         "network_class_name": "nnunetv2_uc.architectures.uc3dunet.UC3DUNet",
-        "arch_kwargs": {"features": [24, 48, 96, 192, 384, 32], "uc_levels": [0, 1, 2], "slice_axis": "first",
+        "arch_kwargs": {"features": [24, 48, 96, 192, 384, 32], "uc_stages": [0, 1, 2], "uc_slice_axis": "first",
                         "activation_checkpointing": False},
         "_kw_requires_import": []}
     assert uc["data_identifier"] == "nnUNetPlans_3d_fullres"  # nnU-Net's (and ResEnc's) preprocessed data

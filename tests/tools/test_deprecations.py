@@ -51,3 +51,23 @@ def test_plan_help_lists_the_new_name(capsys):
     with pytest.raises(SystemExit):
         main(["plan", "--help"])
     assert "uc_nnunet" in capsys.readouterr().out
+
+
+def test_uc3dunet_takes_its_old_keyword_names_with_a_warning():
+    """Plans written before the rename hold uc_levels / slice_axis in arch_kwargs: they build the same network."""
+    import torch
+
+    from nnunetv2_uc.architectures.uc3dunet import UC3DUNet
+
+    small = dict(features=(4, 8, 16, 32, 64, 8))
+    with pytest.warns(FutureWarning, match="uc_levels is deprecated .* use uc_stages"):
+        old = UC3DUNet(1, 3, uc_levels=[0, 1], slice_axis="last", **small)
+    torch.manual_seed(0)
+    new = UC3DUNet(1, 3, uc_stages=[0, 1], uc_slice_axis="last", **small)
+    assert old.uc_stages == new.uc_stages == (0, 1) and old.uc_slice_axis == new.uc_slice_axis == "last"
+    assert old.state_dict().keys() == new.state_dict().keys()
+    old.load_state_dict(new.state_dict())
+    x = torch.randn(1, 1, 16, 32, 32)
+    assert torch.equal(old.eval()(x), new.eval()(x))
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['uc_level'\\]"):
+        UC3DUNet(1, 3, uc_level=[0], **small)

@@ -135,7 +135,7 @@ def test_uc_slice_axis_and_widths_come_from_the_plans(nnunet_dirs):
     trainer = make_trainer(nnUNetTrainerUC, plans)
     cm = trainer.configuration_manager
     net = nnUNetTrainerUC.build_network_architecture(trainer.plans_manager, cm, 1, 3, enable_deep_supervision=True)
-    assert isinstance(net, UC3DUNet) and net.slice_axis == "last" and net.uc_levels == (0, 1)
+    assert isinstance(net, UC3DUNet) and net.uc_slice_axis == "last" and net.uc_stages == (0, 1)
     # the static build used by nnUNetv2_predict sees exactly what training used: strict load works
     net2 = nnUNetTrainerUC.build_network_architecture(PlansManager(trainer.plans_manager.plans), cm, 1, 3, False)
     net2.load_state_dict(net.state_dict(), strict=True)
