@@ -1,4 +1,4 @@
-"""Dataset fingerprints shaped like public datasets, for the planning table (scripts/planning_table.py) and
+"""Dataset fingerprints shaped like public datasets, for the planning table (experiments/planning_table.py) and
 the tests: nnU-Net plans from a fingerprint and dataset.json alone, so no images are needed.
 
 Shapes and spacings are per case in nnU-Net's array order (z, y, x), as in ``dataset_fingerprint.json``.

@@ -77,8 +77,8 @@ def nnunet_env(root: Path) -> dict[str, str]:
 
 
 def uc_plans_by_hand():
-    """scripts/uc_plans_by_hand.py as a module (the uC version of an existing plans file, written by hand)."""
-    path = REPO_ROOT / "scripts" / "uc_plans_by_hand.py"
+    """experiments/uc_plans_by_hand.py as a module (the uC version of an existing plans file, written by hand)."""
+    path = REPO_ROOT / "experiments" / "uc_plans_by_hand.py"
     spec = importlib.util.spec_from_file_location("uc_plans_by_hand", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

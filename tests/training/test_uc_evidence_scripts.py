@@ -1,9 +1,9 @@
 """Smoke test of the uC-on-nnU-Net evidence (README "uC on nnU-Net's own network"): the scripts it needs run end to
 end on a small synthetic dataset with a tiny schedule, so they cannot rot unseen. Its numbers mean nothing.
 
-scripts/uc_on_nnunet_evidence.sh (synth, plan, the hand-made CPU plans and their uC version, cost, the uC version
+experiments/uc_on_nnunet_evidence.sh (synth, plan, the hand-made CPU plans and their uC version, cost, the uC version
 under nnU-Net's recipe, predict, evaluate, the tables) with 5 + 1 cases and 1 epoch x 2 iterations; then
-scripts/uc_evidence_probe.py for 2 steps with each optimizer on the uC plans, which imports the evidence trainers'
+experiments/uc_evidence_probe.py for 2 steps with each optimizer on the uC plans, which imports the evidence trainers'
 module and builds the trainers of both recipes. The other trainings differ only in the trainer and plans names (suite time: one training here).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def evidence(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env.update(CASES="5", TEST_CASES="1", EPOCHS="1", ITERATIONS="2", MODELS="sgd-uc", SEED="3",
                PATH=f"{os.path.dirname(sys.executable)}:{env['PATH']}")
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "uc_on_nnunet_evidence.sh"), str(work)], env=env,
+    result = subprocess.run(["bash", str(REPO_ROOT / "experiments" / "uc_on_nnunet_evidence.sh"), str(work)], env=env,
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work, result.stdout
@@ -51,7 +51,7 @@ def test_probe_reports_the_uc_levels(evidence, optimizer, tmp_path):
     work, _ = evidence
     env = dict(os.environ, nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
                nnUNet_results=str(tmp_path), nnUNet_n_proc_DA="0", nnUNet_compile="f")
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "uc_evidence_probe.py"),
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "experiments" / "uc_evidence_probe.py"),
                              "nnUNetPlans_evidence_UCUNet", "2", optimizer], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

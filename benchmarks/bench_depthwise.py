@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Forward+backward time of one depthwise 7^3 conv (UX-Net's), contiguous vs channels_last_3d, on this machine.
 
-    python scripts/bench_depthwise.py --threads 1
+    python benchmarks/bench_depthwise.py --threads 1
 """
 from __future__ import annotations
 

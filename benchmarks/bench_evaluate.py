@@ -10,7 +10,7 @@ ellipsoids; the prediction is every organ shifted and resized plus one far false
      It is slow (minutes per case), so it runs on --uc-classes classes (all 13 for the README's table;
      a subset is reported as a subset); its hd95 values are checked against our `hd95_pooled_vox`.
 
-Usage: python scripts/bench_evaluate.py [--cases 1] [--uc-classes 13] [--workdir DIR]
+Usage: python benchmarks/bench_evaluate.py [--cases 1] [--uc-classes 13] [--workdir DIR]
 Prints a markdown table of seconds per case.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ Both networks get the same weights (ours loaded from the reference's state dict 
 the same input; steps alternate between the two so machine load hits both alike. CPU process time is reported
 next to wall time because process time is far less sensitive to other jobs on a shared machine.
 
-    python scripts/bench_vs_original_semantics.py --patch 48 64 --threads 1 --repeats 5
+    python benchmarks/bench_vs_original_semantics.py --patch 48 64 --threads 1 --repeats 5
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def compare(arch: str, size: int, repeats: int, batch: int = 1) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--network", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--patch", nargs="+", type=int, default=[48, 64], help="cubic patch edge(s)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--batch", type=int, default=1)
@@ -77,7 +77,7 @@ def main() -> int:
     print(f"batch {args.batch}")
     print("| network | patch | threads | original-semantics step s (cpu / wall) | ours step s (cpu / wall) | ratio (cpu / wall) |")
     print("|---|---|---|---|---|---|")
-    for arch in args.arch:
+    for arch in args.network:
         for size in args.patch:
             r = compare(arch, size, args.repeats, args.batch)
             rows.append(r)

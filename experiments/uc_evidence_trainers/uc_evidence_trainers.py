@@ -1,4 +1,4 @@
-"""Trainers of scripts/uc_on_nnunet_evidence.sh (EXPERIMENT ONLY): one short schedule for all three networks.
+"""Trainers of experiments/uc_on_nnunet_evidence.sh (EXPERIMENT ONLY): one short schedule for all three networks.
 
 The folder holding this file goes on ``nnUNet_extTrainer`` (next to this plugin's shim folder); nnU-Net imports it
 as a bare module. Each trainer keeps its parent's recipe and changes only the schedule and mirroring, alike for all:

@@ -2,7 +2,7 @@
 state, written the way the plugin's trainers write it (torch.save to a temporary file in the target folder, fsync,
 os.replace, fsync of the folder: nnunetv2_uc.trainers.cluster), timed; and torch.save alone in place, as nnU-Net does.
 
-    python scripts/bench_checkpoint_write.py --folder /path/on/the/results/filesystem [--repeats 5]
+    python benchmarks/bench_checkpoint_write.py --folder /path/on/the/results/filesystem [--repeats 5]
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """EXPERIMENT: does a network of the evidence plans fit a few fixed batches, under SGD or AdamW? (README: "uC on
-nnU-Net's own network"). Run after scripts/uc_on_nnunet_evidence.sh, with its nnUNet_* folders:
+nnU-Net's own network"). Run after experiments/uc_on_nnunet_evidence.sh, with its nnUNet_* folders:
 
     nnUNet_raw=W/nnUNet_raw nnUNet_preprocessed=W/nnUNet_preprocessed nnUNet_results=/tmp/probe nnUNet_n_proc_DA=1 \
-        python scripts/uc_evidence_probe.py nnUNetPlans_evidence_UCUNet 250 sgd
+        python experiments/uc_evidence_probe.py nnUNetPlans_evidence_UCUNet 250 sgd
 
 It builds nnU-Net's trainer (nnUNetTrainer_evidence) for PLANS, draws 4 training batches from nnU-Net's data loader
 (its augmentation is not seeded, so every run draws other batches), then trains STEPS steps cycling over them with

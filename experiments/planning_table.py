@@ -1,7 +1,7 @@
 """Print, as markdown, what `nnunetv2_uc plan` decides on fingerprints shaped like public datasets, next to
 nnU-Net's own plans for its U-Net (README "Planning").
 
-Usage: python scripts/planning_table.py [--networks uc3dunet uxnet uc_nnunet]
+Usage: python experiments/planning_table.py [--networks uc3dunet uxnet uc_nnunet]
 
 Runs the real planning (nnU-Net's planners + our patch/batch search) on dataset.json + fingerprint files
 written to a temporary folder (no images needed). Estimated memory is the plugin's model of one fp16-autocast
@@ -33,6 +33,7 @@ def _cell(patch, batch, nbytes) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=["uc3dunet", "uxnet", "uc_nnunet"])
+    parser.add_argument("--cases", type=int, default=len(CASES), help=f"the first N of the {len(CASES)} rows (smoke test)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="planning_table_"))
     for key in ("raw", "preprocessed", "results"):
@@ -45,7 +46,7 @@ def main() -> None:
               "nnU-Net's U-Net", *args.networks, "budget"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for example_name, planner, target in CASES:
+    for example_name, planner, target in CASES[:args.cases]:
         example = getattr(examples, example_name)
         example.write(root / "raw", root / "preprocessed")
         cells = []

@@ -3,7 +3,7 @@
 ``write_uc_plans`` gives an EXISTING plans file's configurations uC connections and nothing else (same patch, batch,
 topology and data; ``nnunetv2_uc.planning.uc_plans.with_uc_connections``) and saves them under a new plans name. For a
 plan of nnU-Net's own planner use ``nnunetv2_uc plan -d D --network uc_nnunet`` instead: it re-plans patch and batch
-for a GPU memory target. The evidence experiment (``scripts/uc_on_nnunet_evidence.sh``) needs the uC version of
+for a GPU memory target. The evidence experiment (``experiments/uc_on_nnunet_evidence.sh``) needs the uC version of
 its CPU-sized plans at the same patch and batch, so it uses this.
 
 ``write_small_plans`` (the evidence experiment only) makes a CPU-sized configuration of a plan: nnU-Net's topology
@@ -14,8 +14,8 @@ batch and a matching width.
 Both refuse to replace an existing plans file with other content (``--overwrite`` does), and a configuration the
 uC network cannot take is an error naming the plans entry; nothing is written then.
 
-    python scripts/uc_plans_by_hand.py uc DATASET_DIR SOURCE_PLANS TARGET_PLANS [-c 3d_fullres]
-    python scripts/uc_plans_by_hand.py small DATASET_DIR SOURCE_PLANS TARGET_PLANS --patch 32 64 64 --batch 2 \
+    python experiments/uc_plans_by_hand.py uc DATASET_DIR SOURCE_PLANS TARGET_PLANS [-c 3d_fullres]
+    python experiments/uc_plans_by_hand.py small DATASET_DIR SOURCE_PLANS TARGET_PLANS --patch 32 64 64 --batch 2 \
         --features 8 16 32 64 128 --uc3dunet-features 8 16 32 64 128 8
 """
 from __future__ import annotations

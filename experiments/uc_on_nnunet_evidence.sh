@@ -3,7 +3,7 @@
 # connections, and the paper UC3DUNet, trained alike and compared; the two nnU-Net networks once with nnU-Net's SGD
 # recipe and once with the paper network's AdamW (README: "uC on nnU-Net's own network").
 #
-#   scripts/uc_on_nnunet_evidence.sh [WORKDIR]        (default ./uc_evidence; DEVICE=cuda to train on a GPU;
+#   experiments/uc_on_nnunet_evidence.sh [WORKDIR]        (default ./uc_evidence; DEVICE=cuda to train on a GPU;
 #                                                      EPOCHS=20 ITERATIONS=40 per training, the same for all five;
 #                                                      SEED=0: the synthetic data's seed (one WORKDIR per seed);
 #                                                      MODELS="sgd adamw paper": which trainings (sgd: nnU-Net's
@@ -18,13 +18,13 @@
 #
 # Steps (a finished step is skipped when the script runs again):
 #   1. nnunetv2_uc synth (24 training + 6 held-out cases, seed SEED), nnUNetv2_plan_and_preprocess -c 3d_fullres
-#   2. plans (scripts/uc_plans_by_hand.py): nnUNetPlans_evidence = the 3d_fullres configuration at patch 32x64x64,
+#   2. plans (experiments/uc_plans_by_hand.py): nnUNetPlans_evidence = the 3d_fullres configuration at patch 32x64x64,
 #      batch 2, nnU-Net's topology for that patch with widths 8..128 (the paper UC3DUNet at the same patch and batch,
 #      widths [8, 16, 32, 64, 128, 8]: a third of the paper's, the demo's CPU width); nnUNetPlans_evidence_UCUNet =
 #      the same plans with uC connections and nothing else changed (`nnunetv2_uc plan --network uc_nnunet` would
 #      re-plan patch and batch for a GPU); all five train on the same preprocessed data
 #   3. nnunetv2_uc cost -d 990 -p nnUNetPlans_evidence (the plan's network, its uC version, the paper networks)
-#   4. fold 0 of each model (nnUNetv2_train, EPOCHS x ITERATIONS: scripts/uc_evidence_trainers/), then
+#   4. fold 0 of each model (nnUNetv2_train, EPOCHS x ITERATIONS: experiments/uc_evidence_trainers/), then
 #      nnUNetv2_predict of the 6 held-out cases and nnunetv2_uc evaluate of those against labelsTs
 #   5. nnunetv2_uc evaluate --nnunet-results: the fold-0 validation compared, with #Params, GMACs, training time
 #   6. the held-out table: evaluate's test-set means next to the cost columns of step 5
