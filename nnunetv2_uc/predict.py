@@ -104,9 +104,7 @@ def predict_from_model_folder(input_folder: str, output_folder: str, dataset: st
         raise UserError(f"-patches_per_batch must be >= 1, got {patches}")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("-device cuda but no CUDA device is visible; use -device cpu")
-    model_folder = get_output_folder(dataset, trainer, plans, configuration)
-    if not os.path.isdir(model_folder):
-        raise UserError(f"no trained model at {model_folder}: check -d/-tr/-p/-c and nnUNet_results")
+    model_folder = find_model_folder(dataset, trainer, plans, configuration)
     if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     os.makedirs(output_folder, exist_ok=True)
@@ -115,6 +113,28 @@ def predict_from_model_folder(input_folder: str, output_folder: str, dataset: st
         perform_everything_on_device=device == "cuda" and on_device, device=torch.device(device), verbose=verbose,
         allow_tqdm=progress_bar, patches_per_batch=patches,
     )
+    load_trained_model(predictor, model_folder, folds, checkpoint, trainer, configuration)
+    print(f"[nnunetv2_uc predict] {model_folder}: folds {list(folds)}, {patches} tile(s) per network call, "
+          f"mirroring {'on' if mirroring else 'off'}", file=sys.stderr, flush=True)
+    predictor.predict_from_files(input_folder, output_folder, save_probabilities=save_probabilities,
+                                 overwrite=overwrite, num_processes_preprocessing=preprocessing_processes,
+                                 num_processes_segmentation_export=export_processes,
+                                 folder_with_segs_from_prev_stage=previous_stage_predictions)
+
+
+def find_model_folder(dataset: str, trainer: str, plans: str, configuration: str) -> str:
+    """The results folder nnU-Net uses for these -d/-tr/-p/-c flags; a UserError if there is none."""
+    model_folder = get_output_folder(dataset, trainer, plans, configuration)
+    if not os.path.isdir(model_folder):
+        raise UserError(f"no trained model at {model_folder}: check -d/-tr/-p/-c and nnUNet_results")
+    return model_folder
+
+
+def load_trained_model(predictor: nnUNetPredictor, model_folder: str, folds: Sequence[str | int], checkpoint: str,
+                       trainer: str, configuration: str, command: str = "predict") -> None:
+    """``predictor.initialize_from_trained_model_folder`` with this plugin's trainers registered, a missing trainer
+    or network class explained (UserError with the install command) and a warning when another version trained it."""
+    register_trainers()
     try:
         predictor.initialize_from_trained_model_folder(model_folder, parse_folds(folds), checkpoint_name=checkpoint)
     except Exception as error:
@@ -123,13 +143,7 @@ def predict_from_model_folder(input_folder: str, output_folder: str, dataset: st
             raise
         raise UserError(explanation) from error
     if note := version_note(load_record(model_folder)):
-        print(f"[nnunetv2_uc predict] warning: {note}", file=sys.stderr, flush=True)
-    print(f"[nnunetv2_uc predict] {model_folder}: folds {list(folds)}, {patches} tile(s) per network call, "
-          f"mirroring {'on' if mirroring else 'off'}", file=sys.stderr, flush=True)
-    predictor.predict_from_files(input_folder, output_folder, save_probabilities=save_probabilities,
-                                 overwrite=overwrite, num_processes_preprocessing=preprocessing_processes,
-                                 num_processes_segmentation_export=export_processes,
-                                 folder_with_segs_from_prev_stage=previous_stage_predictions)
+        print(f"[nnunetv2_uc {command}] warning: {note}", file=sys.stderr, flush=True)
 
 
 def parse_folds(folds: Sequence[str | int]) -> list:

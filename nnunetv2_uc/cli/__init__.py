@@ -27,7 +27,8 @@ SUBCOMMANDS: dict[str, str] = {
     "import-weights": "convert an original 3D UX-Net / uC 3DU-Net checkpoint into nnU-Net pretrained weights",
     "uc-init": "start uC on nnU-Net's network from a trained nnU-Net model: weights for nnUNetv2_train "
                "-pretrained_weights (and the uC plans of the same topology)",
-    "predict": "nnUNetv2_predict with several sliding-window tiles per network call",
+    "predict": "nnUNetv2_predict with several sliding-window tiles per network call (or with onnxruntime/OpenVINO)",
+    "export-onnx": "export a trained model to ONNX, one self-checked file per fold, for other runtimes",
     "evaluate": "evaluate predictions with the uC papers' metrics (mIoU, Dice, VOE, HD95, ASSD, ARI)",
     "cost": "parameters, MACs, latency and peak memory of the networks next to nnU-Net's U-Net",
     "bench": "benchmark training steps and sliding-window inference against nnU-Net's networks",

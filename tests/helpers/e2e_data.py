@@ -83,3 +83,34 @@ def uc_plans_by_hand():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_plans(patch=(12, 28, 28), batch_size=2) -> dict:
+    """The 3d_fullres plans nnU-Net 2.8.1 makes for tests/e2e_data.py's anisotropic dataset (abridged)."""
+    return {
+        "dataset_name": "Dataset901_Aniso", "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [3.0, 1.0, 1.0], "original_median_shape_after_transp": [12, 28, 28],
+        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {},
+        "configurations": {"3d_fullres": {
+            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": batch_size, "patch_size": list(patch), "median_image_size_in_voxels": [12.0, 28.0, 28.0],
+            "spacing": [3.0, 1.0, 1.0], "normalization_schemes": ["ZScoreNormalization"],
+            "use_mask_for_norm": [False], "batch_dice": False,
+            "architecture": {
+                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "arch_kwargs": {
+                    "n_stages": 3, "features_per_stage": [32, 64, 128], "conv_op": "torch.nn.modules.conv.Conv3d",
+                    "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+                    "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
+                    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                    "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+                    "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        }},
+    }
+
+
+DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "bright": 1, "dark": 2},
+                "numTraining": 8, "file_ending": ".nii.gz"}

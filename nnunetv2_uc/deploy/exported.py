@@ -1,0 +1,120 @@
+"""A folder written by `nnunetv2_uc export-onnx`, checked before anything is predicted, and nnU-Net's predictor on it.
+
+The predictor is nnU-Net's (preprocessing, tiling, Gaussian weighting, mirroring, fold ensembling, resampling,
+export), with ``patches_per_batch`` tiles per call as in ``nnunetv2_uc predict``; only the network is replaced by
+one runtime session per fold (``runtimes.FoldSwitch``). Needs no checkpoint and no network code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from nnunetv2_uc.deploy.export import FORMAT, MANIFEST, sha256
+from nnunetv2_uc.deploy.runtimes import RUNNERS, FoldSwitch
+from nnunetv2_uc.errors import UserError
+from nnunetv2_uc.predict import BatchedSlidingWindowPredictor
+
+_REEXPORT = "export the model again with nnunetv2_uc export-onnx"
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A checked export folder: its manifest, plans and dataset.json, and the ONNX file of each chosen fold."""
+
+    folder: Path
+    manifest: dict
+    plans: dict
+    dataset_json: dict
+    files: dict[str, Path]  # fold -> fold_F.onnx
+
+    @property
+    def tile_shape(self) -> tuple[int, ...]:
+        """(C, *patch) of one tile."""
+        return tuple(self.manifest["tile_shape"])
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise UserError(f"{path} is missing; {_REEXPORT}") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); {_REEXPORT}") from error
+
+
+def _check_unchanged(path: Path, expected: str, what: str) -> None:
+    if sha256(path) != expected:
+        raise UserError(f"{path} is not the {what} that export-onnx wrote (its SHA-256 differs from the one in "
+                        f"{MANIFEST}: a file from another export, or a corrupted copy); {_REEXPORT}")
+
+
+def load_exported_model(folder: str | os.PathLike, folds: Sequence[str | int] | None = None) -> ExportedModel:
+    """Check ``folder`` (manifest, checksums of plans.json, dataset.json and the chosen folds' ONNX files, the tile
+    shape against the plans) and return it; ``folds`` None: every exported fold. Any problem is a UserError that
+    names the file and the fix."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise UserError(f"{folder} has no {MANIFEST}: -m with --backend onnxruntime/openvino takes a folder written "
+                        f"by nnunetv2_uc export-onnx (for a trained model folder use -d/-c/-tr/-p)")
+    manifest = _read_json(folder / MANIFEST)
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{folder / MANIFEST} is not an export-onnx manifest; {_REEXPORT}")
+    for name in ("plans.json", "dataset.json"):
+        _check_unchanged(folder / name, manifest["sha256"][name], f"{name} of the exported model")
+    plans, dataset_json = _read_json(folder / "plans.json"), _read_json(folder / "dataset.json")
+    planned = plans.get("configurations", {}).get(manifest["configuration"], {}).get("patch_size")
+    if planned is not None and list(planned) != list(manifest["patch_size"]):
+        raise UserError(f"{folder / 'plans.json'} plans patch {planned} for {manifest['configuration']} but the ONNX "
+                        f"files take tiles of {manifest['patch_size']}; {_REEXPORT}")
+    exported = [str(f) for f in manifest["folds"]]
+    chosen = exported if folds is None else [str(f) for f in folds]
+    missing = [f for f in chosen if f not in exported]
+    if missing:
+        raise UserError(f"fold(s) {', '.join(missing)} were not exported to {folder} (it has folds "
+                        f"{', '.join(exported)}): choose -f among those, or export them with nnunetv2_uc export-onnx "
+                        f"-f {' '.join(chosen)}")
+    files = {}
+    for fold in chosen:
+        path = folder / manifest["files"][fold]
+        if not path.is_file():
+            raise UserError(f"{path} is missing; {_REEXPORT}")
+        _check_unchanged(path, manifest["sha256"]["onnx"][fold], f"ONNX file of fold {fold}")
+        files[fold] = path
+    return ExportedModel(folder, manifest, plans, dataset_json, files)
+
+
+class ExportedModelPredictor(BatchedSlidingWindowPredictor):
+    """``BatchedSlidingWindowPredictor`` whose network is one runtime session per exported fold."""
+
+    def initialize_from_export_folder(self, model: ExportedModel, backend: str, threads: int | None = None) -> None:
+        """Set up nnU-Net's predictor from the export's plans, dataset.json and manifest (nnU-Net's
+        ``manual_initialization``), with the folds' sessions as the "parameters" its fold loop loads."""
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        if backend not in RUNNERS:
+            raise UserError(f"--backend {backend} cannot run an export folder; choose {' or '.join(RUNNERS)}")
+        runners = [RUNNERS[backend](path, model.tile_shape, threads) for path in model.files.values()]
+        plans_manager = PlansManager(model.plans)
+        mirroring = model.manifest["inference_allowed_mirroring_axes"]
+        switch = FoldSwitch(runners)
+        self.manual_initialization(switch, plans_manager,
+                                   plans_manager.get_configuration(model.manifest["configuration"]), runners,
+                                   model.dataset_json, model.manifest["trainer"],
+                                   tuple(mirroring) if mirroring is not None else None)
+        self.network = switch  # nnUNet_compile=t would have wrapped it in torch.compile, which has nothing to do here
+
+
+def predictor_for_export(model: ExportedModel, backend: str, step_size: float = 0.5, mirroring: bool = True,
+                         patches_per_batch: int = 1, verbose: bool = False, progress_bar: bool = True,
+                         threads: int | None = None) -> ExportedModelPredictor:
+    """An ``ExportedModelPredictor`` on the CPU, initialized from ``model``."""
+    predictor = ExportedModelPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
+                                       perform_everything_on_device=False, device=torch.device("cpu"),
+                                       verbose=verbose, allow_tqdm=progress_bar, patches_per_batch=patches_per_batch)
+    predictor.initialize_from_export_folder(model, backend, threads)
+    return predictor
