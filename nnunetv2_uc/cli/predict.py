@@ -14,7 +14,7 @@ import argparse
 
 from nnunetv2_uc.deploy.runtimes import BACKENDS
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.predict import predict_from_model_folder
+from nnunetv2_uc.inference.predict import predict_from_model_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     folds = args.f or ["0", "1", "2", "3", "4"]
     if args.backend != "torch":
         from nnunetv2_uc.deploy.predict import predict_trained_model_with_runtime
-        from nnunetv2_uc.predict import find_model_folder
+        from nnunetv2_uc.inference.predict import find_model_folder
         from nnunetv2_uc.registration import register_trainers
 
         register_trainers()

@@ -142,7 +142,7 @@ def export_model(model_folder: str | os.PathLike, output_folder: str | os.PathLi
     # imported here: nnU-Net's predictor imports take seconds, and `nnunetv2_uc --help` imports this module's CLI
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2_uc.predict import load_trained_model, parse_folds
+    from nnunetv2_uc.inference.predict import load_trained_model, parse_folds
 
     model_folder, output_folder = Path(model_folder), Path(output_folder).absolute()
     if output_folder.exists() and not overwrite:

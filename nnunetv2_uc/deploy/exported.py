@@ -17,7 +17,7 @@ import torch
 from nnunetv2_uc.deploy.export import FORMAT, MANIFEST, sha256
 from nnunetv2_uc.deploy.runtimes import RUNNERS, FoldSwitch
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.predict import BatchedSlidingWindowPredictor
+from nnunetv2_uc.inference.predict import BatchedSlidingWindowPredictor
 
 _REEXPORT = "export the model again with nnunetv2_uc export-onnx"
 

@@ -17,10 +17,10 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-NETWORKS = ["uc3dunet", "uxnet", "uc-nnunet", "plainunet", "resenc"]
+NETWORKS = ["uc3dunet", "uxnet", "uc_nnunet", "plainunet", "resenc"]
 CLASSES = {"uc3dunet": "nnunetv2_uc.architectures.uc3dunet.UC3DUNet",
            "uxnet": "nnunetv2_uc.architectures.uxnet.UXNet",
-           "uc-nnunet": "nnunetv2_uc.architectures.uc_unet.UCPlainConvUNet",
+           "uc_nnunet": "nnunetv2_uc.architectures.uc_unet.UCPlainConvUNet",
            "plainunet": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
            "resenc": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"}
 

@@ -43,7 +43,7 @@ def _plain_architecture(residual: bool) -> dict:
 
 def tiny_model(network: str) -> tuple[str, dict, list[int]]:
     """(trainer, architecture block, patch) of a tiny model of ``network``: a registry name (uc3dunet, uxnet,
-    uc-nnunet) or nnU-Net's plainunet / resenc."""
+    uc_nnunet) or nnU-Net's plainunet / resenc."""
     from nnunetv2_uc.architectures.registry import network_entry
     from nnunetv2_uc.planning.uc_plans import with_uc_connections
 
@@ -53,7 +53,7 @@ def tiny_model(network: str) -> tuple[str, dict, list[int]]:
     if network == "uxnet":
         return "nnUNetTrainerUXNet", network_entry("uxnet").plans_architecture(
             feature_sizes=[4, 8, 16, 32], depths=[1, 1, 1, 1], hidden_size=32), [16, 32, 32]
-    if network == "uc-nnunet":
+    if network == "uc_nnunet":
         return "nnUNetTrainer", with_uc_connections(_plain_architecture(False), [16, 32, 32]), [16, 32, 32]
     if network in ("plainunet", "resenc"):
         return "nnUNetTrainer", _plain_architecture(network == "resenc"), [12, 28, 28]

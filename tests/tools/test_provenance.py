@@ -16,7 +16,7 @@ from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.doctor.checks import FAIL, OK, SKIP, WARN
 from nnunetv2_uc.doctor.model_folder import check_model_folder
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.predict import predict_from_model_folder
+from nnunetv2_uc.inference.predict import predict_from_model_folder
 from nnunetv2_uc.provenance import RECORD_KEY, Record
 from nnunetv2_uc.registration import shim_directory
 from nnunetv2_uc.trainers import TRAINER_NAMES, nnUNetTrainerUC_tiny, nnUNetTrainerUXNet

@@ -1,0 +1,1 @@
+"""Prediction: nnU-Net's predictor with batched sliding-window tiles (`nnunetv2_uc predict`)."""
