@@ -66,7 +66,7 @@ def describe_uc_levels(levels: list[dict]) -> str:
         scale = level["residual_scale_norm"]
         parts.append(f"stage {level['stage']}: gate mean {level['gate_mean']:.3f}, below 0.01 "
                      f"{100 * level['gate_below_0.01']:.1f}%, residual scale norm "
-                     f"{'-' if scale is None else f'{scale:.4f}'}")
+                     f"{'-' if scale is None else f'{scale:.3e}'}")
     return "    uC " + "; ".join(parts)
 
 

@@ -53,7 +53,7 @@ if [[ $smoke -eq 1 ]]; then  # CPU: nnU-Net does not compile there either, and a
     repeats="${REPEATS:-1}" budget="${BUDGET_S:-2400}" cases=5 n_proc_da=1 train_device="-device cpu" cap_scale=5
     nets="uc3dunet plainunet" trainers="nnUNetTrainerUC_demo" compiled_nets=""
     # the demo trainer's fixed schedule takes ~10 min on 2 cores: bound it to 60 s, fewer iterations per epoch
-    export nnunetv2_uc_demo_seconds_left=60 nnunetv2_uc_demo_when_short=fewer
+    export NNUNETV2_UC_DEMO_SECONDS_LEFT=60 NNUNETV2_UC_DEMO_WHEN_SHORT=fewer
 else
     device=cuda amp=fp16 patch="${PATCH:-48 224 224}" memory_patch="128 128 128" volume="${VOLUME:-100 512 512}"
     repeats="${REPEATS:-3}" budget="${BUDGET_S:-450}" cases=8 n_proc_da=4 train_device="" cap_scale=1

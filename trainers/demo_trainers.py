@@ -17,9 +17,9 @@ minutes-long run on a few CPU cores needs:
 
 Time is estimated, never cut: before training the trainer times a few real training iterations and one
 inference tile, prints the expected time of the rest of the demo (training, final validation on a GPU, prediction,
-evaluation) and prints the time left after every epoch. With ``$nnunetv2_uc_demo_seconds_left`` set (the
+evaluation) and prints the time left after every epoch. With ``$NNUNETV2_UC_DEMO_SECONDS_LEFT`` set (the
 demo's ``--minutes``) and an estimate above it, it stops before training (exit code 75) or, with
-``$nnunetv2_uc_demo_when_short=fewer``, trains fewer iterations per epoch and says that Dice will be lower.
+``$NNUNETV2_UC_DEMO_WHEN_SHORT=fewer``, trains fewer iterations per epoch and says that Dice will be lower.
 
 Use the regular trainers (``nnUNetTrainerUC``, ``nnUNetTrainerUXNet``) for real data.
 """

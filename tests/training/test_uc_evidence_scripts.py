@@ -57,7 +57,7 @@ def test_probe_reports_the_uc_levels(evidence, optimizer, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     steps = re.findall(r"step (\d+) loss (-?\d+\.\d+)", result.stdout)
     assert [s for s, _ in steps] == ["0", "1"]
-    levels = re.findall(r"stage (\d+): gate mean (\d\.\d+), below 0.01 (\d+\.\d)%, residual scale norm (\d\.\d+)",
+    levels = re.findall(r"stage (\d+): gate mean (\d\.\d+), below 0.01 (\d+\.\d)%, residual scale norm (\d\.\d+e[-+]\d+)",
                         result.stdout)
     assert {stage for stage, *_ in levels} == {"0", "1", "2"}
     assert all(0 < float(mean) < 1 and float(norm) > 0 for _, mean, _, norm in levels)  # one step opened the scales
