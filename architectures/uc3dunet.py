@@ -7,7 +7,6 @@ Input (B, C_in, D0, D1, D2), every axis >= 16 (multiples of 16 recommended); out
 from __future__ import annotations
 
 import warnings
-
 from typing import Sequence
 
 import torch

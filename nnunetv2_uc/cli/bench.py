@@ -17,7 +17,7 @@ import sys
 
 from nnunetv2_uc.architectures.registry import NETWORKS
 from nnunetv2_uc.measure.bench import bench, environment, format_rows
-from nnunetv2_uc.cli.deprecation import add_network_argument
+from nnunetv2_uc.deprecation import add_network_argument
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.measure.timing import request_problem
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from nnunetv2_uc.architectures.registry import demo_networks
-from nnunetv2_uc.cli.deprecation import add_network_argument
+from nnunetv2_uc.deprecation import add_network_argument
 from nnunetv2_uc.demo.pipeline import run_demo
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from nnunetv2_uc.architectures.registry import original_networks
-from nnunetv2_uc.cli.deprecation import add_network_argument
+from nnunetv2_uc.deprecation import add_network_argument
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.weights.original import write_nnunet_weights
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from nnunetv2_uc.architectures.registry import plannable_networks
-from nnunetv2_uc.cli.deprecation import network_name
+from nnunetv2_uc.deprecation import network_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

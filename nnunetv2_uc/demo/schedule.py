@@ -4,9 +4,9 @@
 synthetic data whatever the machine's speed. Time is only estimated: the demo trainer times a few real
 iterations and one inference tile, and this module turns those measurements into the expected seconds of
 what is left (training, nnU-Net's final validation, prediction of the test cases, evaluation), checks them
-against the user's optional ``--minutes`` bound and words the result. ``pipeline.py`` (which starts the trainer)
-and ``trainers/demo_trainers.py`` (which measures) both read the environment variable names from here (this module stays free
-of heavy imports).
+against the user's optional ``--minutes`` bound and words the result. ``pipeline.py`` (which starts the
+trainer) and ``trainers/demo_trainers.py`` (which measures) both read the environment variables' names from here
+(this module stays free of heavy imports).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from nnunetv2_uc.cli.deprecation import deprecated
+from nnunetv2_uc.deprecation import deprecated
 
 #: seconds left of ``--minutes`` when the training step starts (unset: no bound)
 SECONDS_LEFT_ENV = "NNUNETV2_UC_DEMO_SECONDS_LEFT"
@@ -25,16 +25,6 @@ WHEN_SHORT_ENV = "NNUNETV2_UC_DEMO_WHEN_SHORT"
 #: test cases the demo predicts after training (part of the estimate; 0 when the trainer runs on its own)
 TEST_CASES_ENV = "NNUNETV2_UC_DEMO_TEST_CASES"
 WHEN_SHORT_CHOICES = ("stop", "fewer")
-
-
-def environment_value(name: str, default: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
-    """The demo variable ``name``; its deprecated lowercase spelling still works for one release, with a message."""
-    if name in environ:
-        return environ[name]
-    if name.lower() in environ:
-        deprecated(f"the environment variable {name.lower()}", name)
-        return environ[name.lower()]
-    return default
 
 #: exit code of nnUNetv2_train when the demo trainer stops before training because the bound is too short
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: nothing is wrong, it needs more time
@@ -45,6 +35,16 @@ EPOCH_OVERHEAD_S = 1.0
 CASE_OVERHEAD_S = 1.5
 #: starting nnUNetv2_predict and the evaluation/report steps (imports, file I/O)
 AFTER_TRAINING_FIXED_S = 20.0
+
+
+def environment_value(name: str, default: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The demo variable ``name``; its deprecated lowercase spelling still works for one release, with a message."""
+    if name in environ:
+        return environ[name]
+    if name.lower() in environ:
+        deprecated(f"the environment variable {name.lower()}", name)
+        return environ[name.lower()]
+    return default
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 
 from nnunetv2_uc.demo import schedule as demo_schedule
 from nnunetv2_uc.cli import main
-from nnunetv2_uc.cli.deprecation import network_name
+from nnunetv2_uc.deprecation import network_name
 
 
 def _cost_rows(capsys, flag: str) -> tuple[list[dict], str]:
