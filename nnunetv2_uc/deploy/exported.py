@@ -91,14 +91,16 @@ def load_exported_model(folder: str | os.PathLike, folds: Sequence[str | int] | 
 class ExportedModelPredictor(BatchedSlidingWindowPredictor):
     """``BatchedSlidingWindowPredictor`` whose network is one runtime session per exported fold."""
 
-    def initialize_from_export_folder(self, model: ExportedModel, backend: str, threads: int | None = None) -> None:
+    def initialize_from_export_folder(self, model: ExportedModel, backend: str, threads: int | None = None,
+                                      precision: str = "fp32") -> None:
         """Set up nnU-Net's predictor from the export's plans, dataset.json and manifest (nnU-Net's
-        ``manual_initialization``), with the folds' sessions as the "parameters" its fold loop loads."""
+        ``manual_initialization``), with the folds' sessions (in ``precision``) as the "parameters" its fold loop
+        loads."""
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         if backend not in RUNNERS:
             raise UserError(f"--backend {backend} cannot run an export folder; choose {' or '.join(RUNNERS)}")
-        runners = [RUNNERS[backend](path, model.tile_shape, threads) for path in model.files.values()]
+        runners = [RUNNERS[backend](path, model.tile_shape, threads, precision) for path in model.files.values()]
         plans_manager = PlansManager(model.plans)
         mirroring = model.manifest["inference_allowed_mirroring_axes"]
         switch = FoldSwitch(runners)
@@ -111,10 +113,10 @@ class ExportedModelPredictor(BatchedSlidingWindowPredictor):
 
 def predictor_for_export(model: ExportedModel, backend: str, step_size: float = 0.5, mirroring: bool = True,
                          patches_per_batch: int = 1, verbose: bool = False, progress_bar: bool = True,
-                         threads: int | None = None) -> ExportedModelPredictor:
-    """An ``ExportedModelPredictor`` on the CPU, initialized from ``model``."""
+                         threads: int | None = None, precision: str = "fp32") -> ExportedModelPredictor:
+    """An ``ExportedModelPredictor`` on the CPU, initialized from ``model``, its network run in ``precision``."""
     predictor = ExportedModelPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
                                        perform_everything_on_device=False, device=torch.device("cpu"),
                                        verbose=verbose, allow_tqdm=progress_bar, patches_per_batch=patches_per_batch)
-    predictor.initialize_from_export_folder(model, backend, threads)
+    predictor.initialize_from_export_folder(model, backend, threads, precision)
     return predictor

@@ -8,6 +8,7 @@ a fold are that fold's runtime, so nnU-Net's own fold loop ensembles the folds.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,6 +18,11 @@ import torch
 from nnunetv2_uc.errors import UserError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
+#: the runtimes, fastest first, as measured on this project's 2-core CPU (BENCHMARKS.md, "One CT-sized case"):
+#: ``--backend auto`` on the CPU takes the first one installed, else torch
+FASTEST_FIRST = ("openvino", "onnxruntime")
+#: the number formats a network can run in on the CPU; bf16 needs a CPU with native bf16 (see ``native_bf16``)
+PRECISIONS = ("fp32", "bf16")
 #: backend -> (module to import, the pip extra that installs it)
 _BACKEND_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino"),
                      "onnx": ("onnx", "onnx"), "onnxscript": ("onnxscript", "onnx")}
@@ -30,6 +36,32 @@ def require(package: str):
     except ImportError as error:
         raise UserError(f"{package} is not installed ({error}); install it with: pip install \"nnunetv2-uc[{extra}]\"") \
             from error
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` (a key of the table above) can be imported, without importing it."""
+    return importlib.util.find_spec(_BACKEND_PACKAGES[package][0]) is not None
+
+
+def fastest_installed_runtime(precision: str = "fp32", for_export: bool = False) -> str | None:
+    """The fastest runtime installed that runs ``precision`` (onnxruntime: fp32 only); ``for_export``: only if
+    export-onnx can run too (onnx, onnxscript and onnxruntime for its self-check). None: no such runtime."""
+    if for_export and not all(installed(p) for p in ("onnx", "onnxscript", "onnxruntime")):
+        return None
+    for backend in FASTEST_FIRST:
+        if installed(backend) and (precision == "fp32" or backend != "onnxruntime"):
+            return backend
+    return None
+
+
+def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes in bf16 natively (x86 AVX512_BF16 or AMX-BF16, read from Linux's ``cpuinfo``); on
+    other CPUs bf16 would be emulated, slower than fp32."""
+    try:
+        flags = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def _as_numpy(tiles: torch.Tensor) -> np.ndarray:
@@ -53,8 +85,13 @@ class TileRunner:
         return torch.from_numpy(self._run(_as_numpy(tiles))).to(tiles.device)
 
 
-def onnxruntime_runner(path: Path, tile_shape: Sequence[int], threads: int | None = None) -> TileRunner:
-    """``path`` in an onnxruntime CPU InferenceSession (``threads`` intra-op threads; None: onnxruntime's default)."""
+def onnxruntime_runner(path: Path, tile_shape: Sequence[int], threads: int | None = None,
+                       precision: str = "fp32") -> TileRunner:
+    """``path`` in an onnxruntime CPU InferenceSession (``threads`` intra-op threads; None: onnxruntime's default).
+    fp32 only: onnxruntime's CPU provider has no bf16 convolutions."""
+    if precision != "fp32":
+        raise UserError(f"--backend onnxruntime runs fp32 only (its CPU provider has no {precision} convolutions); "
+                        f"use --backend openvino or torch for --precision {precision}")
     ort = require("onnxruntime")
     options = ort.SessionOptions()
     if threads:
@@ -68,11 +105,12 @@ def onnxruntime_runner(path: Path, tile_shape: Sequence[int], threads: int | Non
     return TileRunner(path, tile_shape, lambda x: session.run(None, {input_name: x})[0])
 
 
-def openvino_runner(path: Path, tile_shape: Sequence[int], threads: int | None = None) -> TileRunner:
-    """``path`` compiled by OpenVINO for its CPU plugin, in fp32 (OpenVINO's CPU default is bf16 where the CPU
-    has it, which moved logits by ~1 % of their range on this project's machine)."""
+def openvino_runner(path: Path, tile_shape: Sequence[int], threads: int | None = None,
+                    precision: str = "fp32") -> TileRunner:
+    """``path`` compiled by OpenVINO for its CPU plugin in ``precision`` (asked for explicitly: OpenVINO's own CPU
+    default is bf16 wherever the CPU has it, fp32 elsewhere)."""
     ov = require("openvino")
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     try:

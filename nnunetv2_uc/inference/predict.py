@@ -35,14 +35,28 @@ class BatchedSlidingWindowPredictor(nnUNetPredictor):
 
     Everything else (tiling, Gaussian, mirroring, fp16 accumulation, the on-device / CPU fallback) is
     nnU-Net's; with ``patches_per_batch=1`` it computes exactly what nnU-Net computes. When a batch runs out
-    of GPU memory, the batch is halved and the same tiles are tried again.
+    of GPU memory, the batch is halved and the same tiles are tried again. ``cpu_precision="bf16"`` runs the network
+    under bf16 autocast on the CPU (each call's logits back in fp32 before mirrored calls are summed).
     """
 
-    def __init__(self, *args, patches_per_batch: int = 4, **kwargs) -> None:
+    def __init__(self, *args, patches_per_batch: int = 4, cpu_precision: str = "fp32", **kwargs) -> None:
         if patches_per_batch < 1:
             raise ValueError(f"patches_per_batch must be >= 1, got {patches_per_batch}")
+        if cpu_precision not in ("fp32", "bf16"):
+            raise ValueError(f"cpu_precision must be fp32 or bf16, got {cpu_precision}")
         super().__init__(*args, **kwargs)
         self.patches_per_batch = patches_per_batch
+        self.cpu_precision = cpu_precision
+
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_precision == "fp32" or self.device.type != "cpu":
+            return super()._internal_maybe_mirror_and_predict(x)
+        network = self.network
+        self.network = lambda tiles: _bf16_autocast_call(network, tiles)
+        try:
+            return super()._internal_maybe_mirror_and_predict(x)
+        finally:
+            self.network = network
 
     @torch.inference_mode()
     def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers,
@@ -87,6 +101,11 @@ class BatchedSlidingWindowPredictor(nnUNetPredictor):
               f"network call", file=sys.stderr, flush=True)
 
 
+def _bf16_autocast_call(network, tiles: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return network(tiles).float()
+
+
 def predict_from_model_folder(input_folder: str, output_folder: str, dataset: str, configuration: str,
                               trainer: str = "nnUNetTrainer", plans: str = "nnUNetPlans",
                               folds: Sequence[str | int] = (0, 1, 2, 3, 4), checkpoint: str = "checkpoint_final.pth",
@@ -94,10 +113,10 @@ def predict_from_model_folder(input_folder: str, output_folder: str, dataset: st
                               mirroring: bool = True, save_probabilities: bool = False, overwrite: bool = True,
                               preprocessing_processes: int = 3, export_processes: int = 3,
                               previous_stage_predictions: str | None = None, on_device: bool = True,
-                              verbose: bool = False, progress_bar: bool = True) -> None:
+                              verbose: bool = False, progress_bar: bool = True, precision: str = "fp32") -> None:
     """What nnUNetv2_predict does for the model nnU-Net finds for (dataset, trainer, plans, configuration), with
-    ``patches_per_batch`` tiles per network call (default 4 on CUDA, 1 elsewhere). This plugin's trainers resolve
-    without ``nnunetv2_uc env``."""
+    ``patches_per_batch`` tiles per network call (default 4 on CUDA, 1 elsewhere) and on the CPU the network in
+    ``precision`` (fp32 or bf16). This plugin's trainers resolve without ``nnunetv2_uc env``."""
     register_trainers()
     patches = patches_per_batch or DEFAULT_PATCHES_PER_BATCH[device]
     if patches < 1:
@@ -111,10 +130,11 @@ def predict_from_model_folder(input_folder: str, output_folder: str, dataset: st
     predictor = BatchedSlidingWindowPredictor(
         tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
         perform_everything_on_device=device == "cuda" and on_device, device=torch.device(device), verbose=verbose,
-        allow_tqdm=progress_bar, patches_per_batch=patches,
+        allow_tqdm=progress_bar, patches_per_batch=patches, cpu_precision=precision,
     )
     load_trained_model(predictor, model_folder, folds, checkpoint, trainer, configuration)
     print(f"[nnunetv2_uc predict] {model_folder}: folds {list(folds)}, {patches} tile(s) per network call, "
+          f"{precision if device == 'cpu' else 'nnU-Net autocast'}, "
           f"mirroring {'on' if mirroring else 'off'}", file=sys.stderr, flush=True)
     predictor.predict_from_files(input_folder, output_folder, save_probabilities=save_probabilities,
                                  overwrite=overwrite, num_processes_preprocessing=preprocessing_processes,
