@@ -1,5 +1,6 @@
 """nnUNetv2_predict with several sliding-window tiles per network call (same flags, plus -patches_per_batch), and
-with the network run by onnxruntime or OpenVINO (--backend; -m takes a folder written by `nnunetv2_uc export-onnx`).
+with the network run by onnxruntime or OpenVINO (--backend, on the CPU by default the fastest one installed; -m takes
+a folder written by `nnunetv2_uc export-onnx`) in fp32 or bf16 (--precision).
 
 nnU-Net's predictor runs one tile at a time (times 8 with mirroring). Batching tiles keeps a GPU busier; the
 result is nnU-Net's: the same tiles, Gaussian weights, mirroring and accumulation order. Trained models are found
@@ -11,8 +12,9 @@ exactly as nnUNetv2_predict finds them; this plugin's trainers resolve without `
 from __future__ import annotations
 
 import argparse
+import sys
 
-from nnunetv2_uc.deploy.runtimes import BACKENDS
+from nnunetv2_uc.deploy.runtimes import BACKENDS, PRECISIONS
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.inference.predict import predict_from_model_folder
 
@@ -22,11 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", required=True, help="output folder (created if missing)")
     parser.add_argument("-d", default=None, help="dataset name or id (with -c; or -m)")
     parser.add_argument("-m", default=None, help="a folder written by nnunetv2_uc export-onnx, instead of "
-                                                 "-d/-c/-tr/-p (with --backend onnxruntime or openvino)")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS,
-                        help="what runs the network: torch (default), or onnxruntime / openvino on the CPU (with "
-                             "-d/-c/-tr/-p the folds are exported and self-checked into a temporary folder first; "
-                             "needs pip install \"nnunetv2-uc[onnx]\", and [openvino] for openvino)")
+                                                 "-d/-c/-tr/-p (run by onnxruntime or openvino)")
+    parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                        help="what runs the network: torch, or onnxruntime / openvino on the CPU (with -d/-c/-tr/-p "
+                             "the folds are exported and self-checked once into the export cache, "
+                             "$NNUNETV2_UC_CACHE or ~/.cache/nnunetv2_uc; needs pip install \"nnunetv2-uc[onnx]\", "
+                             "and [openvino] for openvino). auto (default): torch on cuda/mps; on the CPU the "
+                             "fastest runtime installed (openvino, then onnxruntime, as measured in BENCHMARKS.md), "
+                             "else torch")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="number format of the network on the CPU: fp32 (default; nnU-Net's results) or bf16 "
+                             "(torch autocast / OpenVINO's bf16 hint, not onnxruntime; on a CPU with native bf16 "
+                             "1.6-6.7x faster per tile than fp32, with the stock labels on >= 99.95%% of the voxels "
+                             "of the trained models in BENCHMARKS.md)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime/openvino threads (default: theirs)")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("-tr", default="nnUNetTrainer", help="trainer class used for training (default nnUNetTrainer)")
@@ -50,35 +60,81 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--not_on_device", action="store_true", help="accumulate results in CPU memory")
 
 
+def _checked_precision(args: argparse.Namespace) -> str:
+    if args.precision == "bf16":
+        if args.m is None and args.backend in ("auto", "torch") and args.device != "cpu":
+            raise UserError(f"--precision bf16 is for the CPU (-device cpu); on {args.device} nnU-Net's predictor "
+                            f"already runs the network under autocast")
+        from nnunetv2_uc.deploy.runtimes import native_bf16
+
+        if not native_bf16():
+            print("[nnunetv2_uc predict] warning: this CPU has no native bf16 (AVX512_BF16 / AMX); bf16 is emulated "
+                  "and slower than fp32 here", file=sys.stderr, flush=True)
+    return args.precision
+
+
+def chosen_backend(args: argparse.Namespace) -> str:
+    """--backend, with auto resolved (see its help)."""
+    from nnunetv2_uc.deploy.runtimes import FASTEST_FIRST, fastest_installed_runtime
+
+    if args.backend != "auto":
+        return args.backend
+    if args.m is not None:
+        backend = fastest_installed_runtime(args.precision)
+        if backend is None:
+            raise UserError(f"-m needs a runtime: pip install \"nnunetv2-uc[openvino]\" (or [onnx]); none of "
+                            f"{', '.join(FASTEST_FIRST)} is installed")
+        return backend
+    if args.device != "cpu":
+        return "torch"
+    return fastest_installed_runtime(args.precision, for_export=True) or "torch"
+
+
+def _predict_with_runtime(args: argparse.Namespace, backend: str, folds: list[str], common: dict) -> bool:
+    """Predict the trained model's cached export (exported first if needed) with ``backend``. False when
+    --backend auto could not export it (the warning says why): the caller predicts with torch instead."""
+    from nnunetv2_uc.deploy.predict import cached_export, predict_from_export_folder
+    from nnunetv2_uc.inference.predict import find_model_folder
+    from nnunetv2_uc.registration import register_trainers
+
+    register_trainers()
+    model_folder = find_model_folder(args.d, args.tr, args.p, args.c)
+    try:
+        export_folder = cached_export(model_folder, folds, args.chk)
+    except Exception as error:  # the exporter's own errors too: auto must never fail where torch would work
+        if args.backend != "auto":
+            raise
+        print(f"[nnunetv2_uc predict] warning: --backend auto could not export the model for {backend} ({error}); "
+              f"predicting with torch", file=sys.stderr, flush=True)
+        return False
+    predict_from_export_folder(export_folder=str(export_folder), folds=folds, backend=backend, threads=args.threads,
+                               **common)
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     common = dict(input_folder=args.i, output_folder=args.o, patches_per_batch=args.patches_per_batch,
                   step_size=args.step_size, mirroring=not args.disable_tta, save_probabilities=args.save_probabilities,
                   overwrite=not args.continue_prediction, preprocessing_processes=args.npp,
                   export_processes=args.nps, previous_stage_predictions=args.prev_stage_predictions,
-                  verbose=args.verbose, progress_bar=not args.disable_progress_bar)
+                  verbose=args.verbose, progress_bar=not args.disable_progress_bar,
+                  precision=_checked_precision(args))
+    backend = chosen_backend(args)
     if args.m is not None:
         if args.d is not None or args.c is not None:
             raise UserError("-m replaces -d/-c/-tr/-p: give one or the other")
-        if args.backend == "torch":
-            raise UserError("-m takes a folder written by nnunetv2_uc export-onnx: add --backend onnxruntime (or "
-                            "openvino); for a trained model use -d/-c/-tr/-p")
+        if backend == "torch":
+            raise UserError("-m takes a folder written by nnunetv2_uc export-onnx: use --backend onnxruntime or "
+                            "openvino (or auto); for a trained model use -d/-c/-tr/-p")
         from nnunetv2_uc.deploy.predict import predict_from_export_folder
 
-        predict_from_export_folder(export_folder=args.m, folds=args.f, backend=args.backend, threads=args.threads,
+        predict_from_export_folder(export_folder=args.m, folds=args.f, backend=backend, threads=args.threads,
                                    **common)
         return 0
     if args.d is None or args.c is None:
         raise UserError("give -d and -c (with -tr/-p) for a trained model, or -m for an export-onnx folder")
     folds = args.f or ["0", "1", "2", "3", "4"]
-    if args.backend != "torch":
-        from nnunetv2_uc.deploy.predict import predict_trained_model_with_runtime
-        from nnunetv2_uc.inference.predict import find_model_folder
-        from nnunetv2_uc.registration import register_trainers
-
-        register_trainers()
-        predict_trained_model_with_runtime(model_folder=find_model_folder(args.d, args.tr, args.p, args.c),
-                                           folds=folds, checkpoint=args.chk, backend=args.backend,
-                                           threads=args.threads, **common)
+    if backend != "torch" and _predict_with_runtime(args, backend, folds, common):
         return 0
     predict_from_model_folder(dataset=args.d, configuration=args.c, trainer=args.tr, plans=args.p, folds=folds,
                               checkpoint=args.chk, device=args.device, on_device=not args.not_on_device, **common)

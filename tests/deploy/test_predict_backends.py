@@ -41,7 +41,7 @@ def deployed(tmp_path_factory):
         common = ["-i", str(raw / "imagesTs"), "-npp", "1", "-nps", "1", "--save_probabilities",
                   "--disable_progress_bar"]
         assert main(["predict", *common, "-o", str(root / "torch"), "-d", "901", "-c", "3d_fullres", "-tr",
-                     "nnUNetTrainerUC", "-f", "0", "1", "-device", "cpu"]) == 0
+                     "nnUNetTrainerUC", "-f", "0", "1", "-device", "cpu", "--backend", "torch"]) == 0
         assert main(["predict", *common, "-o", str(root / "onnxruntime"), "-m", str(export),
                      "--backend", "onnxruntime"]) == 0
         yield {"root": root, "model": model, "export": export, "raw": raw}
@@ -180,10 +180,85 @@ def test_a_trained_model_folder_given_as_export_folder_is_explained(deployed, tm
 
 
 @pytest.mark.slow
-def test_predict_with_model_flags_exports_on_the_fly(deployed, tmp_path):
-    out = tmp_path / "pred"
-    assert main(["predict", "-i", str(deployed["raw"] / "imagesTs"), "-o", str(out), "-d", "901", "-c",
-                 "3d_fullres", "-tr", "nnUNetTrainerUC", "-f", "0", "1", "--backend", "onnxruntime",
-                 "--disable_tta", "-npp", "1", "-nps", "1", "--disable_progress_bar"]) == 0
-    labels, reference = _labels(out), _labels(deployed["root"] / "onnxruntime")
-    assert sorted(labels) == sorted(reference)
+def test_predict_on_the_cpu_exports_once_into_the_cache_and_reuses_it(deployed, tmp_path, monkeypatch, capsys):
+    """-device cpu without --backend: the fastest runtime installed (made onnxruntime here, to compare with the
+    fixture's labels), the model exported into $NNUNETV2_UC_CACHE on the first run and read from there on the
+    second."""
+    from nnunetv2_uc.deploy import runtimes
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NNUNETV2_UC_CACHE", str(cache))
+    monkeypatch.setattr(runtimes, "FASTEST_FIRST", ("onnxruntime",))
+    command = ["predict", "-i", str(deployed["raw"] / "imagesTs"), "-d", "901", "-c", "3d_fullres", "-tr",
+               "nnUNetTrainerUC", "-f", "0", "1", "-device", "cpu", "-npp", "1", "-nps", "1",
+               "--disable_progress_bar"]
+    assert main([*command, "-o", str(tmp_path / "first")]) == 0
+    first = capsys.readouterr().err
+    (export,) = (cache / "onnx").iterdir()
+    assert "exporting folds ['0', '1'] to the cache" in first and "onnxruntime fp32" in first
+    assert sorted(p.name for p in export.iterdir()) == ["dataset.json", "export_manifest.json", "fold_0.onnx",
+                                                         "fold_1.onnx", "plans.json"]
+    written = {p.name: p.stat().st_mtime_ns for p in export.iterdir()}
+    assert main([*command, "-o", str(tmp_path / "second")]) == 0
+    second = capsys.readouterr().err
+    assert f"using the export in {export}" in second and "exporting" not in second
+    assert {p.name: p.stat().st_mtime_ns for p in export.iterdir()} == written
+    reference = _labels(deployed["root"] / "onnxruntime")
+    for run in ("first", "second"):
+        labels = _labels(tmp_path / run)
+        assert sorted(labels) == sorted(reference)
+        for case in reference:  # the same runtime on the same export: the same labels
+            assert np.array_equal(labels[case], reference[case]), (run, case)
+
+
+def test_a_damaged_cached_export_is_exported_again(deployed, tmp_path, monkeypatch):
+    from nnunetv2_uc.deploy.predict import cached_export
+    from nnunetv2_uc.errors import UserError
+
+    monkeypatch.setenv("NNUNETV2_UC_CACHE", str(tmp_path / "cache"))
+    first = cached_export(deployed["model"], ["0"])
+    (first / "fold_0.onnx").write_bytes(b"not an onnx file")
+    again = cached_export(deployed["model"], ["0"])
+    assert again == first and (again / "fold_0.onnx").stat().st_size > 1000
+    with pytest.raises(UserError, match="has no checkpoint_final.pth for fold\\(s\\) 3"):
+        cached_export(deployed["model"], ["0", "3"])
+
+
+@pytest.mark.parametrize("network", ["uxnet", "uc_nnunet", "plainunet", "resenc"])
+def test_each_network_predicts_through_each_runtime_what_torch_predicts(network, tmp_path, monkeypatch):
+    """uC 3DU-Net is the fixture above (2 folds, mirroring); here every other network kind, one fold, no mirroring:
+    nnU-Net's whole prediction from the raw files, torch against the exported model in each runtime installed."""
+    from nnunetv2_uc.deploy import runtimes
+    from nnunetv2_uc.deploy.export import export_model
+    from nnunetv2_uc.deploy.predict import predict_from_export_folder
+    from nnunetv2_uc.inference.predict import predict_from_model_folder
+
+    for key in ("raw", "preprocessed", "results"):
+        (tmp_path / key).mkdir()
+        monkeypatch.setenv(f"nnUNet_{key}", str(tmp_path / key))
+    monkeypatch.setenv("nnUNet_compile", "f")
+    plans = f"nnUNetPlans_{network}"
+    model = write_model_folder(tmp_path / "results", network, folds=(0,), train_steps=15, plans_name=plans)
+    raw = write_raw_dataset(tmp_path / "raw", 901, "Aniso", 0, 1, seed=5)
+    export_model(model, tmp_path / "export", [0])
+    options = dict(input_folder=str(raw / "imagesTs"), mirroring=False, save_probabilities=True,
+                   preprocessing_processes=1, export_processes=1, progress_bar=False)
+    predict_from_model_folder(output_folder=str(tmp_path / "torch"), dataset="901", configuration="3d_fullres",
+                              trainer=model.name.split("__")[0], plans=plans, folds=[0], device="cpu", **options)
+    backends = [b for b in ("onnxruntime", "openvino") if runtimes.installed(b)]
+    for backend in backends:
+        predict_from_export_folder(output_folder=str(tmp_path / backend), export_folder=str(tmp_path / "export"),
+                                   backend=backend, **options)
+    torch_labels = _labels(tmp_path / "torch")
+    assert len(torch_labels) == 1
+    for backend in backends:
+        labels = _labels(tmp_path / backend)
+        assert sorted(labels) == sorted(torch_labels)
+        for case, reference in torch_labels.items():
+            agreement = float(np.mean(labels[case] == reference))
+            print(f"{network} {backend} {case}: labels agree on {100 * agreement:.3f} % of {reference.size} voxels")
+            assert agreement >= MIN_AGREEMENT
+            probabilities = {name: np.load(tmp_path / name / case.replace(".nii.gz", ".npz"))["probabilities"]
+                             for name in ("torch", backend)}
+            # nnU-Net accumulates the logits in fp16 (a logit of 10 is rounded by up to 0.005) before the softmax
+            assert float(np.abs(probabilities["torch"] - probabilities[backend]).max()) <= 5e-3

@@ -158,7 +158,7 @@ def pipeline(tmp_path_factory):
     no_registration = {k: v for k, v in env.items() if k != "nnUNet_extTrainer"}
     timed("predict_uc_batched", run_cli,
           ["nnunetv2_uc", "predict", *predict[1:], "-tr", UC, "-o", str(root / "pred_uc_batched"), "-patches_per_batch", "3",
-           "--disable_progress_bar"], no_registration, root / "predict_uc_batched.log")
+           "--backend", "torch", "--disable_progress_bar"], no_registration, root / "predict_uc_batched.log")
     timed("find_best", run_cli, ["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", "3d_fullres",
                                  "-tr", UC, UX, "-f", "0", "1", "-np", "1"], env, root / "find_best.log")
     timed("ensemble", run_cli, ["nnUNetv2_ensemble", "-i", str(root / "pred_uc"), str(root / "pred_ux"),

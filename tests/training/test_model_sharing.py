@@ -77,7 +77,8 @@ def shared(tmp_path_factory):
             root / "predict_installed_stock.log")
     without_line = run_cli(["nnUNetv2_predict", *predict, "-o", str(root / "installed_stock_no_env")], receiver,
                            root / "predict_installed_stock_no_env.log", check=False)
-    run_cli(["nnunetv2_uc", "predict", *predict, "-o", str(root / "installed_uc"), "--disable_progress_bar"],
+    run_cli(["nnunetv2_uc", "predict", *predict, "-o", str(root / "installed_uc"), "--backend", "torch",
+             "--disable_progress_bar"],
             receiver, root / "predict_installed_uc.log")
     return {"root": root, "raw": raw, "zip": zip_file, "installed_before": installed_before,
             "sender_model": Path(sender["nnUNet_results"]) / MODEL,
