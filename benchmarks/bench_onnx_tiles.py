@@ -1,4 +1,5 @@
-"""Time one sliding-window tile through PyTorch (fp32, as nnU-Net's predictor runs it), onnxruntime and OpenVINO (fp32).
+"""Time one sliding-window tile through PyTorch (fp32 as nnU-Net's predictor runs it on the CPU, and bf16 autocast),
+onnxruntime (fp32) and OpenVINO (fp32 and bf16).
 
 Builds a network at the widths given (a fresh initialisation: timings do not depend on the weights), exports it with
 export-onnx's exporter, checks the outputs agree, then times ``--repeats`` calls of one (1, 1, *patch) tile on each
@@ -19,7 +20,7 @@ import torch
 
 from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.deploy.export import export_network
-from nnunetv2_uc.deploy.runtimes import RUNNERS
+from nnunetv2_uc.deploy.runtimes import PRECISIONS, RUNNERS
 
 WIDTHS = {  # a moderate width: a quarter of the paper configurations
     "uc3dunet": {"features": [6, 12, 24, 48, 96, 8]},
@@ -32,6 +33,18 @@ def build(network: str, patch: list[int], full_width: bool) -> torch.nn.Module:
     if entry.name in WIDTHS and not full_width:
         return entry.network_class(1, 3, **WIDTHS[entry.name]).eval()
     return entry.build_for_patch(1, 3, patch, False).eval()
+
+
+def torch_bf16(network: torch.nn.Module, tile: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return network(tile).float()
+
+
+def report_deviation(name: str, got: torch.Tensor, expected: torch.Tensor) -> None:
+    deviation = float((got - expected).abs().max() / (expected.max() - expected.min()))
+    agreement = float((got.argmax(1) == expected.argmax(1)).float().mean())
+    print(f"{name}: deviation from torch fp32 {deviation:.2e} of the logit range, argmax agrees on "
+          f"{100 * agreement:.2f} % of voxels (untrained network)")
 
 
 def time_calls(call: Callable[[], object], warmup: int, repeats: int) -> list[float]:
@@ -56,6 +69,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
     torch.manual_seed(0)
     network = build(args.network, args.patch, args.full_width)
     tile_shape = (1, *args.patch)
@@ -63,26 +77,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "tile.onnx"
         export_network(network, tile_shape, path)
-        with torch.no_grad():
-            expected = network(tile)
-        calls = {"torch fp32": lambda: network(tile)}
+        expected = network(tile)
+        calls = {"torch fp32": lambda: network(tile), "torch bf16": lambda: torch_bf16(network, tile)}
+        report_deviation("torch bf16", torch_bf16(network, tile), expected)
         for backend, make_runner in RUNNERS.items():
-            try:
-                runner = make_runner(path, tile_shape, args.threads)
-            except Exception as error:  # a runtime that is not installed is left out
-                print(f"{backend}: not timed ({error})")
-                continue
-            deviation = float((runner(tile) - expected).abs().max() / (expected.max() - expected.min()))
-            print(f"{backend}: deviation from torch {deviation:.2e} of the logit range")
-            calls[f"{backend} fp32"] = lambda runner=runner: runner(tile)
+            for precision in PRECISIONS:
+                try:
+                    runner = make_runner(path, tile_shape, args.threads, precision)
+                except Exception as error:  # a runtime that is not installed, or a precision it lacks, is left out
+                    print(f"{backend} {precision}: not timed ({error})")
+                    continue
+                report_deviation(f"{backend} {precision}", runner(tile), expected)
+                calls[f"{backend} {precision}"] = lambda runner=runner: runner(tile)
         parameters = sum(p.numel() for p in network.parameters())
         print(f"{args.network} ({parameters:,} parameters), tile {tuple(tile.shape)}, {args.threads} threads, "
               f"{args.repeats} calls after {args.warmup} warm-up calls")
-        with torch.no_grad():
-            for name, call in calls.items():
-                times = time_calls(call, args.warmup, args.repeats)
-                print(f"  {name:18s} median {statistics.median(times):8.1f} ms   min {min(times):8.1f}   "
-                      f"max {max(times):8.1f}")
+        for name, call in calls.items():
+            times = time_calls(call, args.warmup, args.repeats)
+            print(f"  {name:18s} median {statistics.median(times):8.1f} ms   min {min(times):8.1f}   "
+                  f"max {max(times):8.1f}")
 
 
 if __name__ == "__main__":
