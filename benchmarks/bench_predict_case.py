@@ -3,8 +3,8 @@
 For each way of predicting (stock nnUNetv2_predict; nnunetv2_uc predict with torch fp32 / bf16, and from an
 export-onnx folder with onnxruntime fp32 and OpenVINO fp32 / bf16), with and without mirroring: the wall time of the
 command (a fresh process, as a user runs it), the peak RSS and PSS of its process tree (sampled every 0.1 s:
-nnU-Net's preprocessing and export workers included), the time of one tile (median of ``--tile-repeats`` network calls in
-this process, mirrored calls included) and the share of voxels whose label equals the stock prediction's. Then
+nnU-Net's preprocessing and export workers included), the time of one tile (median of ``--tile-repeats`` network
+calls in this process, mirrored calls included) and the share of voxels whose label equals the stock prediction's. Then
 where the time goes: nnU-Net's three stages (preprocessing with resampling, sliding window, export with resampling)
 timed in this process for the stock path and the fastest one. Everything is written to ``--json``.
 
@@ -62,8 +62,8 @@ def copy_trained_model(model_folder: Path, results: Path, allow_mirroring: bool 
     checkpoint["trainer_name"] = "nnUNetTrainer"
     if allow_mirroring:
         checkpoint["inference_allowed_mirroring_axes"] = (0, 1, 2)
-    torch.save({k: checkpoint[k] for k in ("network_weights", "init_args", "trainer_name",
-                                           "inference_allowed_mirroring_axes")}, target / "fold_0" / "checkpoint_final.pth")
+    kept = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes")
+    torch.save({k: checkpoint[k] for k in kept}, target / "fold_0" / "checkpoint_final.pth")
     return target
 
 
@@ -249,8 +249,8 @@ def commands(name: str, model: Path, export: Path, images: Path, output: Path, m
     dataset = model.parent.name
     tta = [] if mirroring else ["--disable_tta"]
     if name == "stock":
-        return [str(Path(sys.executable).parent / "nnUNetv2_predict"), "-i", str(images), "-o", str(output), "-d", dataset, "-c", CONFIGURATION, "-tr",
-                trainer, "-p", plans, "-f", "0", "-device", "cpu", "--disable_progress_bar", *tta]
+        return [str(Path(sys.executable).parent / "nnUNetv2_predict"), "-i", str(images), "-o", str(output), "-d",
+                dataset, "-c", CONFIGURATION, "-tr", trainer, "-p", plans, "-f", "0", "-device", "cpu", "--disable_progress_bar", *tta]
     backend, precision = dict((n, (b, p)) for n, b, p in OURS)[name]
     common = [sys.executable, "-m", "nnunetv2_uc", "predict", "-i", str(images), "-o", str(output), "--precision",
               precision, "--disable_progress_bar", *tta]
@@ -287,7 +287,8 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_predict_case_"))
     results = work / "nnUNet_results"
     env = {**os.environ, "nnUNet_results": str(results), "nnUNet_raw": str(work / "raw"),
-           "nnUNet_preprocessed": str(work / "preprocessed"), "nnUNet_compile": "f", ENV_VAR: ext_trainer_value(os.environ.get(ENV_VAR))}
+           "nnUNet_preprocessed": str(work / "preprocessed"), "nnUNet_compile": "f",
+           ENV_VAR: ext_trainer_value(os.environ.get(ENV_VAR))}
     os.environ.update({k: env[k] for k in ("nnUNet_results", "nnUNet_raw", "nnUNet_preprocessed", "nnUNet_compile")})
     for key in ("raw", "preprocessed"):
         (work / key).mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,8 @@ def predict_from_export_folder(input_folder: str, output_folder: str, export_fol
     model = load_exported_model(export_folder, folds)
     predictor = predictor_for_export(model, backend, step_size, mirroring, patches, verbose, progress_bar, threads,
                                      precision)
-    print(f"[nnunetv2_uc predict] {export_folder}: {backend} {precision}, folds {list(model.files)}, {patches} tile(s) per "
-          f"call, mirroring {'on' if mirroring else 'off'}", file=sys.stderr, flush=True)
+    print(f"[nnunetv2_uc predict] {export_folder}: {backend} {precision}, folds {list(model.files)}, {patches} "
+          f"tile(s) per call, mirroring {'on' if mirroring else 'off'}", file=sys.stderr, flush=True)
     os.makedirs(output_folder, exist_ok=True)
     predictor.predict_from_files(input_folder, output_folder, save_probabilities=save_probabilities,
                                  overwrite=overwrite, num_processes_preprocessing=preprocessing_processes,

@@ -72,8 +72,9 @@ def test_bench_predict_case_runs_the_stock_command_and_a_runtime(tmp_path):
     model = write_model_folder(tmp_path / "trained", "plainunet", train_steps=5)
     report = tmp_path / "report.json"
     _run("benchmarks/bench_predict_case.py", "--model-folder", str(model), "--shape", "18", "42", "42",
-         "--native-zoom", "1", "0.75", "0.75", "--mirroring", "off", "--ways", "stock", "onnxruntime fp32", "--profile", "stock", "--tile-repeats", "1", "--workdir",
-         str(tmp_path / "work"), "--json", str(report), timeout=600)
+         "--native-zoom", "1", "0.75", "0.75", "--mirroring", "off", "--ways", "stock", "onnxruntime fp32",
+         "--profile", "stock", "--tile-repeats", "1", "--workdir", str(tmp_path / "work"), "--json", str(report),
+         timeout=600)
     result = json.loads(report.read_text())
     assert result["tiles"] == 2 * 2 * 2 and result["native_shape"] == [18, 56, 56]  # patch 12x28x28 (tiny plans)
     stock, runtime = result["runs"]
