@@ -21,6 +21,7 @@ import torch
 from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.deploy.export import export_network
 from nnunetv2_uc.deploy.runtimes import PRECISIONS, RUNNERS
+from nnunetv2_uc.inference.predict import bf16_autocast_call
 
 WIDTHS = {  # a moderate width: a quarter of the paper configurations
     "uc3dunet": {"features": [6, 12, 24, 48, 96, 8]},
@@ -33,11 +34,6 @@ def build(network: str, patch: list[int], full_width: bool) -> torch.nn.Module:
     if entry.name in WIDTHS and not full_width:
         return entry.network_class(1, 3, **WIDTHS[entry.name]).eval()
     return entry.build_for_patch(1, 3, patch, False).eval()
-
-
-def torch_bf16(network: torch.nn.Module, tile: torch.Tensor) -> torch.Tensor:
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        return network(tile).float()
 
 
 def report_deviation(name: str, got: torch.Tensor, expected: torch.Tensor) -> None:
@@ -78,8 +74,8 @@ def main() -> None:
         path = Path(folder) / "tile.onnx"
         export_network(network, tile_shape, path)
         expected = network(tile)
-        calls = {"torch fp32": lambda: network(tile), "torch bf16": lambda: torch_bf16(network, tile)}
-        report_deviation("torch bf16", torch_bf16(network, tile), expected)
+        calls = {"torch fp32": lambda: network(tile), "torch bf16": lambda: bf16_autocast_call(network, tile)}
+        report_deviation("torch bf16", bf16_autocast_call(network, tile), expected)
         for backend, make_runner in RUNNERS.items():
             for precision in PRECISIONS:
                 try:

@@ -42,9 +42,10 @@ from nnunetv2_uc.demo.synth import synthesize_case
 from nnunetv2_uc.registration import ENV_VAR, ext_trainer_value
 
 CONFIGURATION = "3d_fullres"
-#: (name, backend, precision): the ways of predicting, after the stock command
-OURS = (("torch fp32", "torch", "fp32"), ("torch bf16", "torch", "bf16"), ("onnxruntime fp32", "onnxruntime", "fp32"),
-        ("openvino fp32", "openvino", "fp32"), ("openvino bf16", "openvino", "bf16"))
+#: name -> (backend, precision): the ways of predicting, after the stock command
+OURS = {f"{backend} {precision}": (backend, precision)
+        for backend, precision in (("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
+                                   ("openvino", "bf16"))}
 
 
 # ---------------------------------------------------------------------------------------------------- the setup
@@ -208,7 +209,7 @@ def exported_predictor(export: Path, backend: str, precision: str, mirroring: bo
 def predictor_for(name: str, model: Path, export: Path, mirroring: bool):
     if name == "stock":
         return torch_predictor(model, "fp32", mirroring)
-    backend, precision = dict((n, (b, p)) for n, b, p in OURS)[name]
+    backend, precision = OURS[name]
     if backend == "torch":
         return torch_predictor(model, precision, mirroring)
     return exported_predictor(export, backend, precision, mirroring)
@@ -251,7 +252,7 @@ def commands(name: str, model: Path, export: Path, images: Path, output: Path, m
     if name == "stock":
         return [str(Path(sys.executable).parent / "nnUNetv2_predict"), "-i", str(images), "-o", str(output), "-d",
                 dataset, "-c", CONFIGURATION, "-tr", trainer, "-p", plans, "-f", "0", "-device", "cpu", "--disable_progress_bar", *tta]
-    backend, precision = dict((n, (b, p)) for n, b, p in OURS)[name]
+    backend, precision = OURS[name]
     common = [sys.executable, "-m", "nnunetv2_uc", "predict", "-i", str(images), "-o", str(output), "--precision",
               precision, "--disable_progress_bar", *tta]
     if backend == "torch":
@@ -271,7 +272,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=None,
                         help="predict the cases in this folder instead of a synthetic CT-sized case (--shape and "
                              "--native-zoom unused; --profile times the first case's stages)")
-    parser.add_argument("--ways", nargs="+", default=["stock"] + [n for n, _, _ in OURS],
+    parser.add_argument("--ways", nargs="+", default=["stock", *OURS],
                         help="which ways of predicting: stock, 'torch fp32', ...")
     parser.add_argument("--mirroring", choices=("off", "on", "both"), default="both")
     parser.add_argument("--mirrored-ways", nargs="+", default=None,

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from nnunetv2_uc import __version__
 from nnunetv2_uc.deploy.export import DEFAULT_TOLERANCE, FORMAT_VERSION, OPSET, export_model, sha256
 from nnunetv2_uc.deploy.exported import load_exported_model, predictor_for_export
@@ -58,8 +60,6 @@ def export_cache_root() -> Path:
 def export_cache_key(model_folder: Path, folds: Sequence[str | int], checkpoint: str, tolerance: float) -> str:
     """A name that changes with anything the export depends on: each fold's checkpoint, plans.json, dataset.json,
     the tolerance and the exporter (this package, torch, the ONNX opset, the folder format)."""
-    import torch
-
     facts = {"checkpoints": {str(f): sha256(model_folder / f"fold_{f}" / checkpoint) for f in folds},
              "plans.json": sha256(model_folder / "plans.json"), "dataset.json": sha256(model_folder / "dataset.json"),
              "tolerance": tolerance, "exporter": [__version__, torch.__version__, OPSET, FORMAT_VERSION]}
@@ -70,8 +70,6 @@ def cached_export(model_folder: str | os.PathLike, folds: Sequence[str | int],
                   checkpoint: str = "checkpoint_final.pth", tolerance: float = DEFAULT_TOLERANCE) -> Path:
     """The export-onnx folder of ``folds`` of the trained model in ``model_folder``, from the export cache; exported
     (and self-checked) into it the first time, and again when the cached folder fails its checks."""
-    from nnunetv2_uc.deploy.exported import load_exported_model
-
     model_folder = Path(model_folder)
     missing = [f for f in folds if not (model_folder / f"fold_{f}" / checkpoint).is_file()]
     if missing:
@@ -81,11 +79,10 @@ def cached_export(model_folder: str | os.PathLike, folds: Sequence[str | int],
     folder = export_cache_root() / "onnx" / f"{model_folder.name}-{key}"
     try:
         load_exported_model(folder, folds)
+    except UserError:  # not exported yet, or a damaged copy: export (again)
+        print(f"[nnunetv2_uc predict] exporting folds {list(folds)} to the cache ({folder}); later runs reuse it",
+              file=sys.stderr, flush=True)
+        export_model(model_folder, folder, folds, checkpoint, tolerance, overwrite=True)
+    else:
         print(f"[nnunetv2_uc predict] using the export in {folder}", file=sys.stderr, flush=True)
-        return folder
-    except UserError:
-        pass  # not exported yet, or a damaged copy: export (again)
-    print(f"[nnunetv2_uc predict] exporting folds {list(folds)} to the cache ({folder}); later runs reuse it",
-          file=sys.stderr, flush=True)
-    export_model(model_folder, folder, folds, checkpoint, tolerance, overwrite=True)
     return folder

@@ -23,6 +23,8 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 FASTEST_FIRST = ("openvino", "onnxruntime")
 #: the number formats a network can run in on the CPU; bf16 needs a CPU with native bf16 (see ``native_bf16``)
 PRECISIONS = ("fp32", "bf16")
+#: what each runtime can run: onnxruntime's CPU provider has no bf16 convolutions
+RUNTIME_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": PRECISIONS}
 #: backend -> (module to import, the pip extra that installs it)
 _BACKEND_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino"),
                      "onnx": ("onnx", "onnx"), "onnxscript": ("onnxscript", "onnx")}
@@ -44,12 +46,12 @@ def installed(package: str) -> bool:
 
 
 def fastest_installed_runtime(precision: str = "fp32", for_export: bool = False) -> str | None:
-    """The fastest runtime installed that runs ``precision`` (onnxruntime: fp32 only); ``for_export``: only if
+    """The fastest runtime installed that runs ``precision`` (``RUNTIME_PRECISIONS``); ``for_export``: only if
     export-onnx can run too (onnx, onnxscript and onnxruntime for its self-check). None: no such runtime."""
     if for_export and not all(installed(p) for p in ("onnx", "onnxscript", "onnxruntime")):
         return None
     for backend in FASTEST_FIRST:
-        if installed(backend) and (precision == "fp32" or backend != "onnxruntime"):
+        if installed(backend) and precision in RUNTIME_PRECISIONS[backend]:
             return backend
     return None
 
@@ -89,7 +91,7 @@ def onnxruntime_runner(path: Path, tile_shape: Sequence[int], threads: int | Non
                        precision: str = "fp32") -> TileRunner:
     """``path`` in an onnxruntime CPU InferenceSession (``threads`` intra-op threads; None: onnxruntime's default).
     fp32 only: onnxruntime's CPU provider has no bf16 convolutions."""
-    if precision != "fp32":
+    if precision not in RUNTIME_PRECISIONS["onnxruntime"]:
         raise UserError(f"--backend onnxruntime runs fp32 only (its CPU provider has no {precision} convolutions); "
                         f"use --backend openvino or torch for --precision {precision}")
     ort = require("onnxruntime")

@@ -52,7 +52,7 @@ class BatchedSlidingWindowPredictor(nnUNetPredictor):
         if self.cpu_precision == "fp32" or self.device.type != "cpu":
             return super()._internal_maybe_mirror_and_predict(x)
         network = self.network
-        self.network = lambda tiles: _bf16_autocast_call(network, tiles)
+        self.network = lambda tiles: bf16_autocast_call(network, tiles)
         try:
             return super()._internal_maybe_mirror_and_predict(x)
         finally:
@@ -101,7 +101,8 @@ class BatchedSlidingWindowPredictor(nnUNetPredictor):
               f"network call", file=sys.stderr, flush=True)
 
 
-def _bf16_autocast_call(network, tiles: torch.Tensor) -> torch.Tensor:
+def bf16_autocast_call(network, tiles: torch.Tensor) -> torch.Tensor:
+    """``network(tiles)`` under bf16 autocast on the CPU, the logits returned in fp32."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         return network(tiles).float()
 
