@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 
 from nnunetv2_uc.architectures.registry import network_entry
-from nnunetv2_uc.deploy.export import export_network
-from nnunetv2_uc.deploy.runtimes import PRECISIONS, RUNNERS
+from nnunetv2_uc.inference.onnx_export import export_network
+from nnunetv2_uc.inference.runtimes import PRECISIONS, RUNNERS
 from nnunetv2_uc.inference.predict import bf16_autocast_call
 
 WIDTHS = {  # a moderate width: a quarter of the paper configurations

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunetv2_uc.deploy.export import DEFAULT_TOLERANCE, OPSET, export_model
+    from nnunetv2_uc.inference.onnx_export import DEFAULT_TOLERANCE, OPSET, export_model
     from nnunetv2_uc.inference.predict import find_model_folder
 
     if args.m is not None and args.d is not None:

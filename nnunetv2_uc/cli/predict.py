@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunetv2_uc.deploy.runtimes import BACKENDS, PRECISIONS
+from nnunetv2_uc.inference.runtimes import BACKENDS, PRECISIONS
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.inference.predict import predict_from_model_folder
 
@@ -65,7 +65,7 @@ def _checked_precision(args: argparse.Namespace) -> str:
         if args.m is None and args.backend in ("auto", "torch") and args.device != "cpu":
             raise UserError(f"--precision bf16 is for the CPU (-device cpu); on {args.device} nnU-Net's predictor "
                             f"already runs the network under autocast")
-        from nnunetv2_uc.deploy.runtimes import native_bf16
+        from nnunetv2_uc.inference.runtimes import native_bf16
 
         if not native_bf16():
             print("[nnunetv2_uc predict] warning: this CPU has no native bf16 (AVX512_BF16 / AMX); bf16 is emulated "
@@ -75,7 +75,7 @@ def _checked_precision(args: argparse.Namespace) -> str:
 
 def chosen_backend(args: argparse.Namespace) -> str:
     """--backend, with auto resolved (see its help)."""
-    from nnunetv2_uc.deploy.runtimes import FASTEST_FIRST, fastest_installed_runtime
+    from nnunetv2_uc.inference.runtimes import FASTEST_FIRST, fastest_installed_runtime
 
     if args.backend != "auto":
         return args.backend
@@ -93,7 +93,7 @@ def chosen_backend(args: argparse.Namespace) -> str:
 def _predict_with_runtime(args: argparse.Namespace, backend: str, folds: list[str], common: dict) -> bool:
     """Predict the trained model's cached export (exported first if needed) with ``backend``. False when
     --backend auto could not export it (the warning says why): the caller predicts with torch instead."""
-    from nnunetv2_uc.deploy.predict import cached_export, predict_from_export_folder
+    from nnunetv2_uc.inference.exported import cached_export, predict_from_export_folder
     from nnunetv2_uc.inference.predict import find_model_folder
     from nnunetv2_uc.registration import register_trainers
 
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         if backend == "torch":
             raise UserError("-m takes a folder written by nnunetv2_uc export-onnx: use --backend onnxruntime or "
                             "openvino (or auto); for a trained model use -d/-c/-tr/-p")
-        from nnunetv2_uc.deploy.predict import predict_from_export_folder
+        from nnunetv2_uc.inference.exported import predict_from_export_folder
 
         predict_from_export_folder(export_folder=args.m, folds=args.f, backend=backend, threads=args.threads,
                                    **common)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nnunetv2_uc.cli import predict as predict_cli
-from nnunetv2_uc.deploy import runtimes
+from nnunetv2_uc.inference import runtimes
 from nnunetv2_uc.errors import UserError
 
 

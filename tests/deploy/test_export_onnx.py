@@ -42,7 +42,7 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.mark.parametrize("network", NETWORKS)
 def test_every_network_kind_exports_standard_onnx_that_matches_torch(network, results, tmp_path, capsys):
     from nnunetv2_uc.architectures.building_blocks import switches
-    from nnunetv2_uc.deploy.export import DEFAULT_TOLERANCE, sha256
+    from nnunetv2_uc.inference.onnx_export import DEFAULT_TOLERANCE, sha256
 
     model = write_model_folder(results, network)
     keys_before = set(torch.load(model / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"])

@@ -26,7 +26,7 @@ MIN_AGREEMENT = 0.999  # share of voxels with the same label as the PyTorch pred
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     """A tiny trained uC 3DU-Net (2 folds), its export, two held-out cases, and both predictors' outputs."""
-    from nnunetv2_uc.deploy.export import export_model
+    from nnunetv2_uc.inference.onnx_export import export_model
 
     root = tmp_path_factory.mktemp("deploy")
     with pytest.MonkeyPatch.context() as patch:
@@ -72,8 +72,8 @@ def test_onnxruntime_predicts_the_segmentations_torch_predicts(deployed):
 def test_ensembled_mirrored_logits_match_torch_on_a_batch_of_tiles(deployed, backend, monkeypatch):
     """nnU-Net's fold loop and mirroring (8 flipped calls) on a volume of 2 tiles, run as one batch of 2."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2_uc.deploy.export import DEFAULT_TOLERANCE
-    from nnunetv2_uc.deploy.exported import load_exported_model, predictor_for_export
+    from nnunetv2_uc.inference.onnx_export import DEFAULT_TOLERANCE
+    from nnunetv2_uc.inference.exported import load_exported_model, predictor_for_export
 
     if backend == "openvino":
         pytest.importorskip("openvino")
@@ -136,8 +136,8 @@ def test_a_dataset_json_from_another_dataset_is_refused(deployed, tmp_path, caps
 
 
 def test_a_tile_shape_other_than_the_planned_patch_is_refused(deployed, tmp_path, capsys):
-    from nnunetv2_uc.deploy.export import sha256
-    from nnunetv2_uc.deploy.runtimes import onnxruntime_runner
+    from nnunetv2_uc.inference.onnx_export import sha256
+    from nnunetv2_uc.inference.runtimes import onnxruntime_runner
     from nnunetv2_uc.errors import UserError
 
     export = _copy_export(deployed, tmp_path)
@@ -161,7 +161,7 @@ def test_a_fold_that_was_not_exported_is_refused(deployed, tmp_path, capsys):
 
 
 def test_a_corrupted_onnx_file_is_refused(deployed, tmp_path, capsys):
-    from nnunetv2_uc.deploy.export import sha256
+    from nnunetv2_uc.inference.onnx_export import sha256
 
     export = _copy_export(deployed, tmp_path)
     onnx_file = export / "fold_1.onnx"
@@ -184,7 +184,7 @@ def test_predict_on_the_cpu_exports_once_into_the_cache_and_reuses_it(deployed, 
     """-device cpu without --backend: the fastest runtime installed (made onnxruntime here, to compare with the
     fixture's labels), the model exported into $NNUNETV2_UC_CACHE on the first run and read from there on the
     second."""
-    from nnunetv2_uc.deploy import runtimes
+    from nnunetv2_uc.inference import runtimes
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("NNUNETV2_UC_CACHE", str(cache))
@@ -212,7 +212,7 @@ def test_predict_on_the_cpu_exports_once_into_the_cache_and_reuses_it(deployed, 
 
 
 def test_a_damaged_cached_export_is_exported_again(deployed, tmp_path, monkeypatch):
-    from nnunetv2_uc.deploy.predict import cached_export
+    from nnunetv2_uc.inference.exported import cached_export
     from nnunetv2_uc.errors import UserError
 
     monkeypatch.setenv("NNUNETV2_UC_CACHE", str(tmp_path / "cache"))
@@ -228,9 +228,9 @@ def test_a_damaged_cached_export_is_exported_again(deployed, tmp_path, monkeypat
 def test_each_network_predicts_through_each_runtime_what_torch_predicts(network, tmp_path, monkeypatch):
     """uC 3DU-Net is the fixture above (2 folds, mirroring); here every other network kind, one fold, no mirroring:
     nnU-Net's whole prediction from the raw files, torch against the exported model in each runtime installed."""
-    from nnunetv2_uc.deploy import runtimes
-    from nnunetv2_uc.deploy.export import export_model
-    from nnunetv2_uc.deploy.predict import predict_from_export_folder
+    from nnunetv2_uc.inference import runtimes
+    from nnunetv2_uc.inference.onnx_export import export_model
+    from nnunetv2_uc.inference.exported import predict_from_export_folder
     from nnunetv2_uc.inference.predict import predict_from_model_folder
 
     for key in ("raw", "preprocessed", "results"):

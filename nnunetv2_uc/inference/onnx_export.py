@@ -28,9 +28,9 @@ from torch import nn
 
 from nnunetv2_uc import __version__
 from nnunetv2_uc.architectures.building_blocks import switches
-from nnunetv2_uc.deploy.runtimes import onnxruntime_runner, require
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 from nnunetv2_uc.files import atomic_write_json, directory_in_the_making, replace_directory
+from nnunetv2_uc.inference.runtimes import onnxruntime_runner, require
 
 MANIFEST = "export_manifest.json"
 FORMAT = "nnunetv2_uc-onnx"
