@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunetv2_uc.inference.runtimes import BACKENDS, PRECISIONS
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.inference.predict import predict_from_model_folder
+from nnunetv2_uc.inference import runtimes
+from nnunetv2_uc.inference.exported import cached_export, predict_from_export_folder
+from nnunetv2_uc.inference.predict import find_model_folder, predict_from_model_folder
+from nnunetv2_uc.registration import register_trainers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,14 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", default=None, help="dataset name or id (with -c; or -m)")
     parser.add_argument("-m", default=None, help="a folder written by nnunetv2_uc export-onnx, instead of "
                                                  "-d/-c/-tr/-p (run by onnxruntime or openvino)")
-    parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+    parser.add_argument("--backend", default="auto", choices=("auto", *runtimes.BACKENDS),
                         help="what runs the network: torch, or onnxruntime / openvino on the CPU (with -d/-c/-tr/-p "
                              "the folds are exported and self-checked once into the export cache, "
                              "$NNUNETV2_UC_CACHE or ~/.cache/nnunetv2_uc; needs pip install \"nnunetv2-uc[onnx]\", "
                              "and [openvino] for openvino). auto (default): torch on cuda/mps; on the CPU the "
                              "fastest runtime installed (openvino, then onnxruntime, as measured in BENCHMARKS.md), "
                              "else torch")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+    parser.add_argument("--precision", default="fp32", choices=runtimes.PRECISIONS,
                         help="number format of the network on the CPU: fp32 (default; nnU-Net's results) or bf16 "
                              "(torch autocast / OpenVINO's bf16 hint, not onnxruntime; on a CPU with native bf16 "
                              "1.6-6.7x faster per tile than fp32, with the stock labels on >= 99.95%% of the voxels "
@@ -65,9 +67,7 @@ def _checked_precision(args: argparse.Namespace) -> str:
         if args.m is None and args.backend in ("auto", "torch") and args.device != "cpu":
             raise UserError(f"--precision bf16 is for the CPU (-device cpu); on {args.device} nnU-Net's predictor "
                             f"already runs the network under autocast")
-        from nnunetv2_uc.inference.runtimes import native_bf16
-
-        if not native_bf16():
+        if not runtimes.native_bf16():
             print("[nnunetv2_uc predict] warning: this CPU has no native bf16 (AVX512_BF16 / AMX); bf16 is emulated "
                   "and slower than fp32 here", file=sys.stderr, flush=True)
     return args.precision
@@ -75,28 +75,22 @@ def _checked_precision(args: argparse.Namespace) -> str:
 
 def chosen_backend(args: argparse.Namespace) -> str:
     """--backend, with auto resolved (see its help)."""
-    from nnunetv2_uc.inference.runtimes import FASTEST_FIRST, fastest_installed_runtime
-
     if args.backend != "auto":
         return args.backend
     if args.m is not None:
-        backend = fastest_installed_runtime(args.precision)
+        backend = runtimes.fastest_installed_runtime(args.precision)
         if backend is None:
             raise UserError(f"-m needs a runtime: pip install \"nnunetv2-uc[openvino]\" (or [onnx]); none of "
-                            f"{', '.join(FASTEST_FIRST)} is installed")
+                            f"{', '.join(runtimes.FASTEST_FIRST)} is installed")
         return backend
     if args.device != "cpu":
         return "torch"
-    return fastest_installed_runtime(args.precision, for_export=True) or "torch"
+    return runtimes.fastest_installed_runtime(args.precision, for_export=True) or "torch"
 
 
 def _predict_with_runtime(args: argparse.Namespace, backend: str, folds: list[str], common: dict) -> bool:
     """Predict the trained model's cached export (exported first if needed) with ``backend``. False when
     --backend auto could not export it (the warning says why): the caller predicts with torch instead."""
-    from nnunetv2_uc.inference.exported import cached_export, predict_from_export_folder
-    from nnunetv2_uc.inference.predict import find_model_folder
-    from nnunetv2_uc.registration import register_trainers
-
     register_trainers()
     model_folder = find_model_folder(args.d, args.tr, args.p, args.c)
     try:
@@ -126,8 +120,6 @@ def run(args: argparse.Namespace) -> int:
         if backend == "torch":
             raise UserError("-m takes a folder written by nnunetv2_uc export-onnx: use --backend onnxruntime or "
                             "openvino (or auto); for a trained model use -d/-c/-tr/-p")
-        from nnunetv2_uc.inference.exported import predict_from_export_folder
-
         predict_from_export_folder(export_folder=args.m, folds=args.f, backend=backend, threads=args.threads,
                                    **common)
         return 0

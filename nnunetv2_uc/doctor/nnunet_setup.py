@@ -9,8 +9,7 @@ from typing import Callable, Mapping
 
 from nnunetv2_uc.doctor.checks import FAIL, OK, WARN, Check
 from nnunetv2_uc.doctor.environment import torch_pair_command
-from nnunetv2_uc.registration import ENV_VAR as EXT_TRAINER_VAR
-from nnunetv2_uc.registration import export_line, find_trainer_class, shim_directory
+from nnunetv2_uc.registration import ENV_VAR as EXT_TRAINER_VAR, export_line, find_trainer_class, shim_directory
 
 NNUNET_PATHS = {
     "nnUNet_raw": "raw datasets, read by nnUNetv2_plan_and_preprocess",
