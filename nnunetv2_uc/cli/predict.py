@@ -12,7 +12,9 @@ exactly as nnUNetv2_predict finds them; this plugin's trainers resolve without `
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.inference import runtimes
@@ -32,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the folds are exported and self-checked once into the export cache, "
                              "$NNUNETV2_UC_CACHE or ~/.cache/nnunetv2_uc; needs pip install \"nnunetv2-uc[onnx]\", "
                              "and [openvino] for openvino). auto (default): torch on cuda/mps; on the CPU the "
-                             "fastest runtime installed (openvino, then onnxruntime, as measured in BENCHMARKS.md), "
-                             "else torch")
+                             "fastest runtime installed (openvino, then onnxruntime except for UX-Net, as measured in "
+                             "BENCHMARKS.md), else torch")
     parser.add_argument("--precision", default="fp32", choices=runtimes.PRECISIONS,
                         help="number format of the network on the CPU: fp32 (default; nnU-Net's results) or bf16 "
                              "(torch autocast / OpenVINO's bf16 hint, not onnxruntime; on a CPU with native bf16 "
@@ -85,7 +87,21 @@ def chosen_backend(args: argparse.Namespace) -> str:
         return backend
     if args.device != "cpu":
         return "torch"
-    return runtimes.fastest_installed_runtime(args.precision, for_export=True) or "torch"
+    return runtimes.fastest_installed_runtime(args.precision, for_export=True,
+                                              network_class=_network_class(args)) or "torch"
+
+
+def _network_class(args: argparse.Namespace) -> str | None:
+    """The class name of the trained model's network (its plans.json), or None where that cannot be read: the
+    prediction itself then says what is wrong with the model."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    try:
+        plans = Path(find_model_folder(args.d, args.tr, args.p, args.c)) / "plans.json"
+        configuration = PlansManager(json.loads(plans.read_text())).get_configuration(args.c)
+        return configuration.network_arch_class_name.rsplit(".", 1)[-1]
+    except Exception:  # a missing dataset or folder, unreadable plans: auto must not fail where predict explains it
+        return None
 
 
 def _predict_with_runtime(args: argparse.Namespace, backend: str, folds: list[str], common: dict) -> bool:

@@ -3,6 +3,8 @@ CPU, OpenVINO's bf16 hint, refused by onnxruntime) and the CPU check for native 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +44,33 @@ def test_auto_on_the_cpu_takes_the_fastest_runtime_installed(installed):
     assert predict_cli.chosen_backend(_args(*cpu_model)) == "torch"
     installed()
     assert predict_cli.chosen_backend(_args(*cpu_model)) == "torch"
+
+
+def test_auto_passes_over_a_runtime_measured_slower_than_torch_for_the_models_network(installed, monkeypatch,
+                                                                                     tmp_path):
+    """UX-Net tiles are slower in onnxruntime than in torch (BENCHMARKS.md): with only onnxruntime, auto takes torch for
+    a UX-Net model and onnxruntime for the others; OpenVINO, faster than torch for every network, stays first."""
+    def model_of(network_class: str) -> Path:
+        folder = tmp_path / network_class
+        folder.mkdir()
+        architecture = {"network_class_name": network_class, "arch_kwargs": {}, "_kw_requires_import": []}
+        plans = {"plans_name": "nnUNetPlans", "configurations": {"3d_fullres": {"architecture": architecture}}}
+        (folder / "plans.json").write_text(json.dumps(plans))
+        return folder
+
+    cpu_model = _args("-d", "1", "-c", "3d_fullres", "-device", "cpu")
+    folders = {"uxnet": model_of("nnunetv2_uc.architectures.uxnet.UXNet"),
+               "plain": model_of("dynamic_network_architectures.architectures.unet.PlainConvUNet")}
+    for model, with_onnxruntime_only, with_openvino in (("uxnet", "torch", "openvino"),
+                                                        ("plain", "onnxruntime", "openvino")):
+        monkeypatch.setattr(predict_cli, "find_model_folder", lambda *flags, folder=folders[model]: str(folder))
+        installed(*EXPORT_PACKAGES)
+        assert predict_cli.chosen_backend(cpu_model) == with_onnxruntime_only, model
+        installed(*EXPORT_PACKAGES, "openvino")
+        assert predict_cli.chosen_backend(cpu_model) == with_openvino, model
+    # an export folder (-m) has no torch network to fall back to: onnxruntime runs even UX-Net there
+    installed(*EXPORT_PACKAGES)
+    assert predict_cli.chosen_backend(_args("-m", "export")) == "onnxruntime"
 
 
 def test_auto_keeps_torch_on_a_gpu_and_an_explicit_backend(installed):
