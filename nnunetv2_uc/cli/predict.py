@@ -20,6 +20,7 @@ from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.inference import runtimes
 from nnunetv2_uc.inference.exported import cached_export, predict_from_export_folder
 from nnunetv2_uc.inference.predict import find_model_folder, predict_from_model_folder
+from nnunetv2_uc.provenance import registry_name
 from nnunetv2_uc.registration import register_trainers
 
 
@@ -87,19 +88,18 @@ def chosen_backend(args: argparse.Namespace) -> str:
         return backend
     if args.device != "cpu":
         return "torch"
-    return runtimes.fastest_installed_runtime(args.precision, for_export=True,
-                                              network_class=_network_class(args)) or "torch"
+    return runtimes.fastest_installed_runtime(args.precision, for_export=True, network=_network_name(args)) or "torch"
 
 
-def _network_class(args: argparse.Namespace) -> str | None:
-    """The class name of the trained model's network (its plans.json), or None where that cannot be read: the
-    prediction itself then says what is wrong with the model."""
+def _network_name(args: argparse.Namespace) -> str | None:
+    """The registry's name of the trained model's network (from its plans.json), or None where that cannot be read
+    or the registry does not list it: the prediction itself then says what is wrong with the model."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     try:
         plans = Path(find_model_folder(args.d, args.tr, args.p, args.c)) / "plans.json"
         configuration = PlansManager(json.loads(plans.read_text())).get_configuration(args.c)
-        return configuration.network_arch_class_name.rsplit(".", 1)[-1]
+        return registry_name(configuration.network_arch_class_name)
     except Exception:  # a missing dataset or folder, unreadable plans: auto must not fail where predict explains it
         return None
 

@@ -21,9 +21,9 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 #: the runtimes, fastest first, as measured on this project's 2-core CPU (BENCHMARKS.md, "One CT-sized case"):
 #: ``--backend auto`` on the CPU takes the first one installed, else torch
 FASTEST_FIRST = ("openvino", "onnxruntime")
-#: runtime -> network classes for which it was measured slower than torch fp32 (BENCHMARKS.md, "Predicting one case":
-#: UX-Net tiles take 7.7 s in onnxruntime, 7.0 s in torch): ``--backend auto`` passes over it for those networks
-SLOWER_THAN_TORCH = {"onnxruntime": ("UXNet",)}
+#: runtime -> networks (registry names) for which it was measured slower than torch fp32 (BENCHMARKS.md, "Predicting
+#: one case": UX-Net tiles take 7.7 s in onnxruntime, 7.0 s in torch): ``--backend auto`` passes over it for them
+SLOWER_THAN_TORCH = {"onnxruntime": ("uxnet",)}
 #: the number formats a network can run in on the CPU; bf16 needs a CPU with native bf16 (see ``native_bf16``)
 PRECISIONS = ("fp32", "bf16")
 #: what each runtime can run: onnxruntime's CPU provider has no bf16 convolutions
@@ -49,15 +49,15 @@ def installed(package: str) -> bool:
 
 
 def fastest_installed_runtime(precision: str = "fp32", for_export: bool = False,
-                              network_class: str | None = None) -> str | None:
+                              network: str | None = None) -> str | None:
     """The fastest runtime installed that runs ``precision`` (``RUNTIME_PRECISIONS``); ``for_export``: only if
-    export-onnx can run too (onnx, onnxscript and onnxruntime for its self-check); ``network_class`` (a class name
-    such as ``UXNet``): not one measured slower than torch for it (``SLOWER_THAN_TORCH``). None: no such runtime."""
+    export-onnx can run too (onnx, onnxscript and onnxruntime for its self-check); ``network`` (the registry's name,
+    e.g. ``uxnet``): not one measured slower than torch for it (``SLOWER_THAN_TORCH``). None: no such runtime."""
     if for_export and not all(installed(p) for p in ("onnx", "onnxscript", "onnxruntime")):
         return None
     for backend in FASTEST_FIRST:
         if (installed(backend) and precision in RUNTIME_PRECISIONS[backend]
-                and network_class not in SLOWER_THAN_TORCH.get(backend, ())):
+                and network not in SLOWER_THAN_TORCH.get(backend, ())):
             return backend
     return None
 
