@@ -153,31 +153,44 @@ def _tree_memory_bytes(root: int) -> tuple[int, int]:
 MEMORY_SAMPLE_SECONDS = 1.0
 
 
-def run_timed(command: list[str], env: dict, log: Path,
-              interval: float = MEMORY_SAMPLE_SECONDS) -> tuple[float, tuple[int, int], float]:
-    """(wall seconds, (peak RSS, peak PSS) bytes of the process tree, CPU seconds the memory sampler used) of
-    ``command``; its output goes to ``log``."""
-    peak = (0, 0)
+def run_sampling_memory(command: list[str], env: dict, log: Path, sample: Callable[[int], None],
+                        interval: float = MEMORY_SAMPLE_SECONDS) -> tuple[float, int, float]:
+    """Run ``command`` (output to ``log``) and call ``sample(pid)`` every ``interval`` seconds while it runs; returns
+    (wall seconds, exit code, CPU seconds the sampling used)."""
     sampler_cpu = 0.0
     with log.open("w") as out:
         start = time.perf_counter()
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         done = threading.Event()
 
-        def sample() -> None:
-            nonlocal peak, sampler_cpu
+        def sample_until_done() -> None:
+            nonlocal sampler_cpu
             while not done.is_set():
-                rss, pss = _tree_memory_bytes(process.pid)
-                peak = (max(peak[0], rss), max(peak[1], pss))
+                sample(process.pid)
                 done.wait(interval)
             sampler_cpu = time.thread_time()
 
-        sampler = threading.Thread(target=sample)
+        sampler = threading.Thread(target=sample_until_done)
         sampler.start()
         code = process.wait()
         wall = time.perf_counter() - start
         done.set()
         sampler.join()
+    return wall, code, sampler_cpu
+
+
+def run_timed(command: list[str], env: dict, log: Path,
+              interval: float = MEMORY_SAMPLE_SECONDS) -> tuple[float, tuple[int, int], float]:
+    """(wall seconds, (peak RSS, peak PSS) bytes of the process tree, CPU seconds the memory sampler used) of
+    ``command``; its output goes to ``log``."""
+    peak = (0, 0)
+
+    def sample(pid: int) -> None:
+        nonlocal peak
+        rss, pss = _tree_memory_bytes(pid)
+        peak = (max(peak[0], rss), max(peak[1], pss))
+
+    wall, code, sampler_cpu = run_sampling_memory(command, env, log, sample, interval)
     if code != 0:
         raise RuntimeError(f"{' '.join(command)} exited {code}; see {log}:\n{log.read_text()[-3000:]}")
     return wall, peak, sampler_cpu

@@ -20,15 +20,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_predict_case import MEMORY_SAMPLE_SECONDS, tree_memory  # noqa: E402
+from bench_predict_case import MEMORY_SAMPLE_SECONDS, run_sampling_memory, tree_memory  # noqa: E402
 
 #: (module, class, methods stamped at each call, methods only counted and summed): nnU-Net's predictor steps and its
 #: network call (this project's predictors reach it through super(), so each call is counted once)
@@ -110,38 +108,29 @@ def run_with_timeline(command: list[str], log: Path, interval: float = MEMORY_SA
                                                                        os.environ.get("PYTHONPATH")]))}
     executable = shutil.which(command[0]) or command[0]
     peak: tuple[int, list] = (0, [])
+    main_pid = 0
+
+    def sample(pid: int) -> None:
+        nonlocal peak, main_pid
+        main_pid = pid
+        processes = tree_memory(pid)
+        total = sum(p["pss"] for p in processes)
+        if total > peak[0]:
+            peak = (total, processes)
+
+    env["PREDICT_TIMELINE_T0"] = repr(time.time())
     try:
-        with log.open("w") as out:
-            env["PREDICT_TIMELINE_T0"] = repr(time.time())
-            start = time.perf_counter()
-            process = subprocess.Popen([executable, *command[1:]], env=env, stdout=out, stderr=subprocess.STDOUT)
-            done = threading.Event()
-
-            def sample() -> None:
-                nonlocal peak
-                while not done.is_set():
-                    processes = tree_memory(process.pid)
-                    total = sum(p["pss"] for p in processes)
-                    if total > peak[0]:
-                        peak = (total, processes)
-                    done.wait(interval)
-
-            sampler = threading.Thread(target=sample)
-            sampler.start()
-            code = process.wait()
-            wall = time.perf_counter() - start
-            done.set()
-            sampler.join()
+        wall, code, _ = run_sampling_memory([executable, *command[1:]], env, log, sample, interval)
     finally:
         shutil.rmtree(hooks_folder, ignore_errors=True)
     if code != 0:
         raise SystemExit(f"{' '.join(command)} exited {code}; see {log}:\n{log.read_text()[-3000:]}")
     steps = [{"t_s": float(m.group(1)), "pid": int(m.group(2)), "event": m.group(3)}
              for m in map(STAMP.match, log.read_text().splitlines()) if m]
-    main_line = next((p["command"] for p in peak[1] if p["pid"] == process.pid), "")
-    return {"command": command, "wall_s": round(wall, 1), "main_pid": process.pid, "steps": steps,
+    main_line = next((p["command"] for p in peak[1] if p["pid"] == main_pid), "")
+    return {"command": command, "wall_s": round(wall, 1), "main_pid": main_pid, "steps": steps,
             "peak_pss_mib": round(peak[0] / 2 ** 20), "peak_rss_mib": round(sum(p["rss"] for p in peak[1]) / 2 ** 20),
-            "processes_at_peak": [{"pid": p["pid"], "role": "main" if p["pid"] == process.pid else
+            "processes_at_peak": [{"pid": p["pid"], "role": "main" if p["pid"] == main_pid else
                                    role(p["command"], main_line), "rss_mib": round(p["rss"] / 2 ** 20),
                                    "pss_mib": round(p["pss"] / 2 ** 20)} for p in peak[1]]}
 

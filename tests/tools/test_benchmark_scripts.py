@@ -126,34 +126,3 @@ def test_predict_timeline_stamps_nnunets_steps_and_lists_the_processes_at_the_me
     assert roles.count("main") == 1 and timeline["peak_pss_mib"] > 100
     assert timeline["peak_pss_mib"] == pytest.approx(sum(p["pss_mib"] for p in timeline["processes_at_peak"]), abs=2)
     assert f"peak PSS {timeline['peak_pss_mib']} MiB" in out
-
-
-def test_bench_onnx_tiles_times_every_runtime_and_precision():
-    out = _run("benchmarks/bench_onnx_tiles.py", "--network", "uc3dunet", "--patch", "16", "32", "32", "--warmup",
-               "0", "--repeats", "1")
-    timed = dict(re.findall(rf"^  (\w+ \w+)\s+median\s+({NUMBER}) ms", out, re.M))
-    assert {"torch fp32", "torch bf16", "onnxruntime fp32"} <= set(timed), out
-    assert all(float(ms) > 0 for ms in timed.values())
-    assert "onnxruntime bf16: not timed (--backend onnxruntime runs fp32 only" in out
-    deviation = re.search(r"^onnxruntime fp32: deviation from torch fp32 (\S+) of the logit range", out, re.M)
-    assert deviation and float(deviation.group(1)) < 1e-4
-
-
-def test_bench_predict_case_runs_the_stock_command_and_a_runtime(tmp_path):
-    import json
-
-    from helpers.model_folders import write_model_folder
-
-    model = write_model_folder(tmp_path / "trained", "plainunet", train_steps=5)
-    report = tmp_path / "report.json"
-    _run("benchmarks/bench_predict_case.py", "--model-folder", str(model), "--shape", "18", "42", "42",
-         "--native-zoom", "1", "0.75", "0.75", "--mirroring", "off", "--ways", "stock", "onnxruntime fp32",
-         "--profile", "stock", "--tile-repeats", "1", "--workdir", str(tmp_path / "work"), "--json", str(report),
-         timeout=600)
-    result = json.loads(report.read_text())
-    assert result["tiles"] == 2 * 2 * 2 and result["native_shape"] == [18, 56, 56]  # patch 12x28x28 (tiny plans)
-    stock, runtime = result["runs"]
-    assert (stock["way"], runtime["way"]) == ("stock", "onnxruntime fp32")
-    assert stock["wall_s"] > 0 and runtime["tile_s"] > 0 and stock["peak_rss_mib"] >= stock["peak_pss_mib"] > 100
-    assert stock["agreement_with_stock"] == 1.0 and runtime["agreement_with_stock"] >= 0.999
-    assert set(stock["stages_s"]) == {"preprocessing", "sliding window", "export"}
