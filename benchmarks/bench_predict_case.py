@@ -147,9 +147,8 @@ def _tree_memory_bytes(root: int) -> tuple[int, int]:
 
 
 #: Seconds between two samples of the process tree's memory. Reading smaps_rollup walks each process's page tables
-#: and holds its memory-map lock: every 0.1 s it slowed nnUNetv2_predict's sliding window by 30 % (UC3DUNet, 9
-#: tiles: 47.2 s against 35.4 s unsampled); every 1 s it costs nothing measurable (35.2 s) and finds a peak PSS
-#: within 3 % of the 0.1-s one.
+#: and holds its memory-map lock: every 0.1 s it slowed nnUNetv2_predict's sliding window by 22 % (UC3DUNet, 9
+#: tiles: 41.3 s against 33.9 s sampled every second; BENCHMARKS.md) and the 1-s peak PSS was within 4 % of it.
 MEMORY_SAMPLE_SECONDS = 1.0
 
 
