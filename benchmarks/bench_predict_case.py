@@ -140,12 +140,6 @@ def tree_memory(root: int) -> list[dict]:
     return processes
 
 
-def _tree_memory_bytes(root: int) -> tuple[int, int]:
-    """(sum of RSS, sum of PSS) over ``root`` and its descendants (see tree_memory)."""
-    processes = tree_memory(root)
-    return sum(p["rss"] for p in processes), sum(p["pss"] for p in processes)
-
-
 #: Seconds between two samples of the process tree's memory. Reading smaps_rollup walks each process's page tables
 #: and holds its memory-map lock: every 0.1 s it slowed nnUNetv2_predict's sliding window by 22 % (UC3DUNet, 9
 #: tiles: 41.3 s against 33.9 s sampled every second; BENCHMARKS.md) and the 1-s peak PSS was within 4 % of it.
@@ -186,7 +180,8 @@ def run_timed(command: list[str], env: dict, log: Path,
 
     def sample(pid: int) -> None:
         nonlocal peak
-        rss, pss = _tree_memory_bytes(pid)
+        processes = tree_memory(pid)
+        rss, pss = sum(p["rss"] for p in processes), sum(p["pss"] for p in processes)
         peak = (max(peak[0], rss), max(peak[1], pss))
 
     wall, code, sampler_cpu = run_sampling_memory(command, env, log, sample, interval)
