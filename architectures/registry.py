@@ -36,7 +36,7 @@ ADAMW_SLOTS, SGD_SLOTS = 2, 1
 @dataclass(frozen=True)
 class NetworkEntry:
     """One network: its class, how cost/bench build it for a patch, how nnU-Net and the plugin reach it, and
-    what ``nnunetv2_uc plan`` needs to know (planning/networks.py turns these facts into the planner's view).
+    what ``nnunetv2_uc plan`` needs to know (planning/planners.py turns these facts into the planner's view).
 
     planned_topology: "own" (a fixed topology: the paper networks), "nnunet" (the topology of the configuration
         nnU-Net planned, plus uC connections chosen for the patch) or None (``plan`` does not plan it).

@@ -20,10 +20,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 from nnunetv2_uc.files import atomic_write_json
 from nnunetv2_uc.planning.memory import GIB
-from nnunetv2_uc.planning.networks import get_network
-from nnunetv2_uc.planning.planners import (
-    PLANNING_KEY, base_plans_name, default_plans_name, get_base_planner, network_planner_class,
-)
+from nnunetv2_uc.planning.planners import (PLANNING_KEY, base_plans_name, default_plans_name, get_base_planner,
+                                           get_network, network_planner_class)
 
 PLANNABLE_CONFIGURATIONS = ("3d_fullres", "3d_lowres", "3d_cascade_fullres")
 #: what a configuration's preprocessed data depends on (plans level / configuration level)

@@ -8,13 +8,12 @@ import io
 import math
 
 import pytest
-
 from helpers.planning_examples import nnunet_folders_with_examples
+
 from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.planning import examples
-from nnunetv2_uc.planning.adapt import adapt_configuration, per_gpu_batch
-from nnunetv2_uc.planning.networks import get_network, paper_network
-from nnunetv2_uc.planning.planners import get_base_planner, planner_reference
+from nnunetv2_uc.planning.planners import get_base_planner, get_network, paper_network, planner_reference
+from nnunetv2_uc.planning.trainer_plans import adapt_configuration, per_gpu_batch
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers.planning_examples import nnunet_folders_with_examples
+
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.planning import examples
 from nnunetv2_uc.planning.api import plan_datasets
@@ -163,8 +163,7 @@ def test_a_network_that_takes_nnunets_topology_is_one_table_entry(plan):
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
 
-    from nnunetv2_uc.planning.networks import PlannableNetwork
-    from nnunetv2_uc.planning.planners import network_planner_class
+    from nnunetv2_uc.planning.planners import PlannableNetwork, network_planner_class
 
     plan("PROSTATE_LIKE", "ExperimentPlanner", None, "uxnet")  # the module's nnU-Net folders are set up
     def divisors(configuration: dict) -> tuple[int, ...]:
