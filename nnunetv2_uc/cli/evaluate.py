@@ -19,7 +19,7 @@ import sys
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 from nnunetv2_uc.evaluation.folders import evaluate_folders
 from nnunetv2_uc.evaluation.metrics import EmptyMaskPolicy
-from nnunetv2_uc.evaluation.nnunet_results import evaluate_training, locate_training
+from nnunetv2_uc.evaluation.nnunet_results import describe_training, evaluate_training, locate_training
 from nnunetv2_uc.evaluation.plots import write_plots
 from nnunetv2_uc.evaluation.report import comparison_table, csv_text, json_text, markdown_table
 from nnunetv2_uc.files import atomic_write_text
@@ -129,9 +129,6 @@ def _existing_outputs(args) -> list[str]:
 def _evaluate(args) -> list[tuple[str | None, dict, str]]:
     """Run the chosen mode; returns (trainer or None, summary, table title) per evaluation."""
     if args.nnunet_results:
-        # imported here: it needs torch and nnU-Net's trainers (seconds to import); folders mode does not
-        from nnunetv2_uc.evaluation.model_info import describe_training
-
         dataset, _, configuration = args.nnunet_results
         evaluations = []
         for name, (trainer, plans) in _models(args).items():

@@ -1,13 +1,12 @@
 """Evaluation with the uC papers' metrics: ``evaluate_folders(gt_dir, pred_dir, ...)`` returns the result dict.
 
-Submodules: ``metrics`` (per-case numbers from label maps), ``cases`` (files, readers, validation),
-``folders`` (evaluate_folders), ``aggregate`` (JSON structure), ``report`` (JSON / markdown / CSV),
-``plots`` (box plots, overlays), ``nnunet_results`` (cross-validation folders); the command line is
-``nnunetv2_uc.cli.evaluate``.
+Submodules: ``metrics`` (per-case numbers from label maps), ``folders`` (evaluate_folders, and the case files:
+finding, reading, validation), ``report`` (the result's JSON structure; JSON / markdown / CSV), ``plots`` (box
+plots, overlays), ``nnunet_results`` (an nnU-Net training's cross-validation folders and its model's cost); the
+command line is ``nnunetv2_uc.cli.evaluate``.
 """
 from __future__ import annotations
 
-from nnunetv2_uc.evaluation.cases import EvaluationInputError
-from nnunetv2_uc.evaluation.folders import EvaluationFailed, evaluate_folders
+from nnunetv2_uc.evaluation.folders import EvaluationFailed, EvaluationInputError, evaluate_folders
 
 __all__ = ["evaluate_folders", "EvaluationFailed", "EvaluationInputError"]

@@ -1,12 +1,25 @@
-"""Locate an nnU-Net training's cross-validation predictions and the matching preprocessed ground truth."""
+"""An nnU-Net training for ``nnunetv2_uc evaluate --nnunet-results``: its cross-validation predictions with the
+matching preprocessed ground truth, and what the trained model costs, for the comparison table.
+
+- Parameters and MACs of the network exactly as ``nnUNetv2_predict`` builds it from the results folder: the
+  trainer class (found by name, this plugin's trainers included) and its static ``build_network_architecture``
+  on the folder's ``plans.json`` and ``dataset.json``, deep supervision off; MACs of one patch of the plans'
+  ``patch_size`` (``nnunetv2_uc.measure.cost`` conventions), counted on the meta device.
+- Training time: the sum of nnU-Net's epoch durations (``epoch_end - epoch_start`` timestamps in each fold's
+  ``checkpoint_final.pth``), so time between a killed run and its ``--c`` resume and the final validation are not
+  counted.
+
+torch and the networks are imported only when the cost is asked for: evaluating folders does not need them.
+"""
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 
-from nnunetv2_uc.evaluation.cases import EvaluationInputError, list_cases, load_label_info, match_cases
-from nnunetv2_uc.evaluation.folders import CaseSelection, evaluate_pairs
+from nnunetv2_uc.evaluation.folders import (CaseSelection, EvaluationInputError, evaluate_pairs, list_cases,
+                                            load_label_info, match_cases)
 
 
 @dataclass
@@ -86,3 +99,76 @@ def evaluate_training(training: TrainingFolders, num_processes: int = 1, empty_p
                          "dataset_json": training.dataset_json, "labels_source": info.source,
                          "folds": sorted(training.validation_dirs), "fold_of_case": fold_of_case}
     return summary
+
+
+CHECKPOINT = "checkpoint_final.pth"
+
+
+def network_cost_of_training(model_dir: str, trainer: str, configuration: str) -> dict:
+    """{"network_class", "patch_size", "input_channels", "parameters", "gmacs"} of the network the predictor
+    builds from ``model_dir``; raises ValueError with the reason when it cannot be built."""
+    files = {name: os.path.join(model_dir, name) for name in ("plans.json", "dataset.json")}
+    missing = [name for name, path in files.items() if not os.path.isfile(path)]
+    if missing:
+        raise ValueError(f"no {' or '.join(missing)} in the results folder (nnUNetv2_train writes them there)")
+    from nnunetv2_uc.measure.cost import network_cost, plans_network  # torch: only when a table is asked for
+    from nnunetv2_uc.registration import find_trainer_class
+
+    try:
+        trainer_class = find_trainer_class(trainer)
+    except RuntimeError:
+        raise ValueError(f"trainer {trainer} not found by nnU-Net (nor among this plugin's trainers); add its "
+                         f"folder to nnUNet_extTrainer") from None
+    with open(files["plans.json"]) as f:
+        plans = json.load(f)
+    with open(files["dataset.json"]) as f:
+        dataset_json = json.load(f)
+    try:
+        network, input_channels, patch = plans_network(plans, configuration, dataset_json, trainer_class)
+        cost = network_cost(network, input_channels, patch)
+    except (KeyError, RuntimeError, TypeError, ValueError, ImportError) as error:
+        raise ValueError(f"{trainer}.build_network_architecture failed on plans.json ({configuration}): "
+                         f"{type(error).__name__}: {error}") from error
+    return {"network_class": f"{type(network).__module__}.{type(network).__qualname__}", "patch_size": patch,
+            "input_channels": input_channels, **cost}
+
+
+def epoch_seconds(checkpoint_path: str) -> list[float]:
+    """Duration of every epoch logged in an nnU-Net checkpoint (its logger's start/end timestamps)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # a checkpoint not in torch's zip format cannot be memory-mapped
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    logging = checkpoint.get("logging", {})
+    return [float(end - start) for start, end in zip(logging.get("epoch_start_timestamps", []),
+                                                     logging.get("epoch_end_timestamps", []))]
+
+
+def describe_training(model_dir: str, trainer: str, configuration: str, folds: list[str]) -> dict:
+    """Network cost and training time of one trained configuration; ``problems`` says what could not be found.
+
+    Returns {"network_class", "patch_size", "input_channels", "parameters", "gmacs" (None when the network cannot
+    be built), "train_seconds" (fold -> seconds, folds without checkpoint_final.pth left out), "epochs" (fold ->
+    logged epochs), "problems"}.
+    """
+    info: dict = {"network_class": None, "patch_size": None, "input_channels": None, "parameters": None,
+                  "gmacs": None, "train_seconds": {}, "epochs": {}, "problems": []}
+    try:
+        info.update(network_cost_of_training(model_dir, trainer, configuration))
+    except ValueError as error:
+        info["problems"].append(f"#Params/GMACs: {error}")
+    for fold in folds:
+        name = f"fold_{fold}/{CHECKPOINT}"
+        path = os.path.join(model_dir, name)
+        if not os.path.isfile(path):
+            info["problems"].append(f"training time: no {name}")
+            continue
+        durations = epoch_seconds(path)
+        if not durations:
+            info["problems"].append(f"training time: {name} logs no epoch timestamps")
+            continue
+        info["train_seconds"][fold] = sum(durations)
+        info["epochs"][fold] = len(durations)
+    return info

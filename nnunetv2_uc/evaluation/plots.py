@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from scipy import ndimage
 
-from nnunetv2_uc.evaluation.cases import read_label_map, reader_class_for
+from nnunetv2_uc.evaluation.folders import read_label_map, reader_class_for
 from nnunetv2_uc.evaluation.report import display_name
 
 BOXPLOT_FILE = "boxplot_dice_hd95.png"

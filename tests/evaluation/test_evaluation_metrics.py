@@ -5,17 +5,16 @@ import json
 import math
 from fractions import Fraction
 
+import medpy.metric.binary as medpy_binary  # test extras (pyproject [test]): a missing one must fail, not skip
 import numpy as np
 import pytest
+import sklearn.metrics as sklearn_metrics
 from scipy import ndimage
 
-from nnunetv2_uc.evaluation.aggregate import summarize, to_json_compatible
 from nnunetv2_uc.evaluation.metrics import (CLASS_METRICS, DISTANCE_METRIC_UNITS, CaseMetrics, EmptyMaskPolicy,
                                             adjusted_rand_index, binary_ari, class_counts, confusion_matrix,
                                             evaluate_label_maps, surface_mask)
-
-import medpy.metric.binary as medpy_binary  # test extras (pyproject [test]): a missing one must fail, not skip
-import sklearn.metrics as sklearn_metrics
+from nnunetv2_uc.evaluation.report import summarize, to_json_compatible
 
 SPACING = np.array([2.5, 0.8, 0.7])  # anisotropic, array order
 _medpy_surface_distances = getattr(medpy_binary, "__surface_distances")  # medpy's directed distances (module-private)
