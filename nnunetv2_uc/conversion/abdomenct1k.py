@@ -20,8 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, NiftiCase
-from nnunetv2_uc.conversion.layout import find_subfolder, input_folder, match_files, unmatched_problems
-from nnunetv2_uc.conversion.pipeline import DatasetPlan
+from nnunetv2_uc.conversion.pipeline import DatasetPlan, find_subfolder, input_folder, match_files, unmatched_problems
 from nnunetv2_uc.conversion.splits import SplitPlan, nnunet_default_folds, seeded_group_holdout
 
 DEFAULT_ID = 504

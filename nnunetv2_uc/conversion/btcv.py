@@ -19,8 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, NiftiCase
-from nnunetv2_uc.conversion.layout import find_subfolder, input_folder, match_files, unmatched_problems
-from nnunetv2_uc.conversion.pipeline import DatasetPlan
+from nnunetv2_uc.conversion.pipeline import DatasetPlan, find_subfolder, input_folder, match_files, unmatched_problems
 from nnunetv2_uc.conversion.splits import SplitPlan, nnunet_default_folds, single_fold
 
 DEFAULT_ID = 505

@@ -19,8 +19,7 @@ import re
 from pathlib import Path
 
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, NiftiCase
-from nnunetv2_uc.conversion.layout import input_folder
-from nnunetv2_uc.conversion.pipeline import DatasetPlan
+from nnunetv2_uc.conversion.pipeline import DatasetPlan, input_folder
 from nnunetv2_uc.conversion.splits import SplitPlan, nnunet_default_folds
 
 DEFAULT_ID = 503

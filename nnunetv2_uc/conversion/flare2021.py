@@ -15,10 +15,8 @@ import re
 from pathlib import Path
 
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, NiftiCase
-from nnunetv2_uc.conversion.layout import (
-    find_subfolder, input_folder, match_files, nifti_stem, unmatched_problems,
-)
-from nnunetv2_uc.conversion.pipeline import DatasetPlan
+from nnunetv2_uc.conversion.pipeline import (DatasetPlan, find_subfolder, input_folder, match_files, nifti_stem,
+                                             unmatched_problems)
 from nnunetv2_uc.conversion.splits import SplitPlan, nnunet_default_folds
 
 DEFAULT_ID = 501

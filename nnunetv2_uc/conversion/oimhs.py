@@ -28,8 +28,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, CaseOutcome, CaseSource, Inspection
-from nnunetv2_uc.conversion.layout import find_subfolder, input_folder
-from nnunetv2_uc.conversion.pipeline import DatasetPlan
+from nnunetv2_uc.conversion.pipeline import DatasetPlan, find_subfolder, input_folder
 from nnunetv2_uc.conversion.splits import SplitPlan, grouped_folds, seeded_group_holdout
 from nnunetv2_uc.conversion.volumes import Geometry, UnconvertibleCase, describe_read_error, write_label
 

@@ -3,12 +3,16 @@
 discovery (dataset module) -> validation of every case, collecting all problems -> parallel per-case writing
 into a hidden temporary folder next to the target -> dataset.json and splits -> atomic move into place
 (:mod:`nnunetv2_uc.conversion.raw_dataset`). Nothing is visible under ``$nnUNet_raw`` until every case has been written.
+
+At the end, the helpers the dataset modules use to find a release's folders and files (``input_folder``,
+``find_subfolder``, ``nifti_files``, ``match_files``, ...).
 """
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +21,10 @@ from typing import Callable, Iterable, TypeVar
 from tqdm import tqdm
 
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, CaseOutcome, CaseSource, Inspection
+from nnunetv2_uc.conversion.raw_dataset import FILE_ENDING, RawDatasetTarget, dataset_folder_name, write_dataset_json
 from nnunetv2_uc.conversion.splits import SplitPlan, check_split_consistency
 from nnunetv2_uc.errors import OverwriteRefused, UserError
 from nnunetv2_uc.files import atomic_write_json
-from nnunetv2_uc.conversion.raw_dataset import FILE_ENDING, RawDatasetTarget, dataset_folder_name, write_dataset_json
 
 SPLITS_FILE = "splits_final.json"
 _T = TypeVar("_T")
@@ -269,3 +273,62 @@ def _place_splits(plan: DatasetPlan, dataset_dir: Path, preprocessed_root: Path 
     return ConversionResult(dataset_dir, splits_files, written.num_training,
                             sum(c.subset == TEST for c in plan.cases), written.header_repaired,
                             warnings + written.warnings, notes)
+
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def input_folder(path: str) -> Path:
+    """The --input folder, or a ConversionError naming it."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConversionError([f"--input {folder} is not a folder; point it at the extracted release"])
+    return folder
+
+
+def find_subfolder(root: Path, *names: str, depth: int = 2) -> Path | None:
+    """First folder named like one of ``names`` (case-insensitive) at ``root`` or up to ``depth`` levels below."""
+    wanted = [n.lower() for n in names]
+    level = [root]
+    for _ in range(depth + 1):
+        for name in wanted:
+            for folder in level:
+                if folder.name.lower() == name:
+                    return folder
+        level = sorted(child for folder in level for child in folder.iterdir()
+                       if child.is_dir() and not child.name.startswith("."))
+    return None
+
+
+def nifti_files(folder: Path) -> list[Path]:
+    """The NIfTI files directly in ``folder``, sorted, hidden files ignored."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.name.endswith(NIFTI_SUFFIXES))
+
+
+def nifti_stem(path: Path) -> str:
+    """File name without .nii/.nii.gz."""
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def match_files(folder: Path, pattern: str) -> dict[str, Path]:
+    """Files in ``folder`` whose stem fully matches ``pattern``, keyed by the pattern's first group."""
+    regex = re.compile(pattern)
+    found = {}
+    for path in nifti_files(folder):
+        match = regex.fullmatch(nifti_stem(path))
+        if match:
+            found[match.group(1)] = path
+    return found
+
+
+def unmatched_problems(images: dict[str, Path], labels: dict[str, Path], *, images_need_labels: bool = True
+                       ) -> list[str]:
+    """Problems for labels without an image and (optionally) images without a label."""
+    problems = [f"label {labels[key]} has no matching image" for key in sorted(set(labels) - set(images))]
+    if images_need_labels:
+        problems += [f"image {images[key]} has no matching label" for key in sorted(set(images) - set(labels))]
+    return problems

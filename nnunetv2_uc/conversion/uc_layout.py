@@ -23,8 +23,7 @@ from pathlib import Path
 
 from nnunetv2_uc.conversion import abdomenct1k, btcv, feta2021, flare2021, oimhs
 from nnunetv2_uc.conversion.cases import TEST, TRAIN, NiftiCase
-from nnunetv2_uc.conversion.layout import input_folder, nifti_files, nifti_stem
-from nnunetv2_uc.conversion.pipeline import DatasetPlan
+from nnunetv2_uc.conversion.pipeline import DatasetPlan, input_folder, nifti_files, nifti_stem
 from nnunetv2_uc.conversion.splits import SplitPlan, nnunet_default_folds, single_fold
 
 DEFAULT_ID = 506
