@@ -7,7 +7,7 @@ plugin trainers therefore add a record to the plans they save as the results fol
 (``PaperNetworkTrainer.on_train_start``)::
 
     "nnunetv2_uc": {"distribution": "nnunetv2-uc", "version": "0.1.0",
-                    "trainer": {"class": "nnUNetTrainerUC", "module": "nnunetv2_uc.trainers.uc_trainers"},
+                    "trainer": {"class": "nnUNetTrainerUC", "module": "nnunetv2_uc.trainers.paper_trainers"},
                     "network": {"name": "uc3dunet", "import_path": "nnunetv2_uc.architectures.uc3dunet.UC3DUNet"}}
 
 nnU-Net ignores the entry. ``nnunetv2_uc predict`` and ``nnunetv2_uc doctor -m`` read it back when a model's trainer
@@ -63,7 +63,7 @@ class Record:
                    network.get("import_path"))
 
     def describe(self) -> str:
-        """'nnunetv2-uc 0.1.0 (trainer nnUNetTrainerUC from nnunetv2_uc.trainers.uc_trainers, network uc3dunet = …)'."""
+        """'nnunetv2-uc 0.1.0 (trainer nnUNetTrainerUC from nnunetv2_uc.trainers.paper_trainers, network uc3dunet = …)'."""
         parts = []
         if self.trainer_class:
             parts.append(f"trainer {self.trainer_class} from {self.trainer_module}")

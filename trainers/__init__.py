@@ -6,13 +6,13 @@
 - ``*_tiny``: 2 epochs x 4 iterations, for smoke tests and CI only (not for real training).
 - ``*_demo``: the demo's time-boxed schedule (``nnunetv2_uc demo``).
 
-Each trainer is declared once, as a class in ``uc_trainers.py`` / ``uxnet_trainers.py`` / ``demo_trainers.py``;
+Each trainer is declared once, as a class in ``paper_trainers.py`` or ``demo_trainers.py``;
 this package exports whatever those modules declare, and the nnUNet_extTrainer shim re-exports this package.
 Its name is ``{entry.trainer}{variant}`` for its network's registry entry (tests/training/test_trainers_registration.py).
 """
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_uc.trainers import demo_trainers, uc_trainers, uxnet_trainers
+from nnunetv2_uc.trainers import demo_trainers, paper_trainers
 
 
 def _declared_trainers(*modules) -> dict[str, type[nnUNetTrainer]]:
@@ -21,7 +21,7 @@ def _declared_trainers(*modules) -> dict[str, type[nnUNetTrainer]]:
             if isinstance(value, type) and issubclass(value, nnUNetTrainer) and value.__module__ == module.__name__}
 
 
-TRAINERS = _declared_trainers(uc_trainers, uxnet_trainers)  # the -tr trainers for real training (and CI)
+TRAINERS = _declared_trainers(paper_trainers)  # the -tr trainers for real training (and CI)
 DEMO_TRAINERS = _declared_trainers(demo_trainers)
 TRAINER_NAMES = tuple(TRAINERS)
 globals().update(TRAINERS)

@@ -33,14 +33,12 @@ from time import perf_counter
 
 import numpy as np
 import torch
-
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
 from nnunetv2_uc.demo import schedule as demo_schedule
 from nnunetv2_uc.demo.schedule import Decision, Measurement, Schedule
 from nnunetv2_uc.planning.trainer_plans import FIXED_PATCH_KEY
-from nnunetv2_uc.trainers.uc_trainers import nnUNetTrainerUC
-from nnunetv2_uc.trainers.uxnet_trainers import nnUNetTrainerUXNet
+from nnunetv2_uc.trainers.paper_trainers import nnUNetTrainerUC, nnUNetTrainerUXNet
 
 CALIBRATION_STEPS = 3  # timed training iterations (after one warm-up); they train the network like any other
 ESTIMATE_FILE = "demo_estimate.json"  # in the fold folder: the measurement and the decision

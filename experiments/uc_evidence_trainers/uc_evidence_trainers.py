@@ -23,7 +23,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_uc.trainers.base import adamw_with_poly_lr
-from nnunetv2_uc.trainers.uc_trainers import nnUNetTrainerUC
+from nnunetv2_uc.trainers.paper_trainers import nnUNetTrainerUC
 
 EPOCHS = int(os.environ.get("UC_EVIDENCE_EPOCHS", "20"))
 ITERATIONS = int(os.environ.get("UC_EVIDENCE_ITERATIONS", "40"))

@@ -50,7 +50,7 @@ def edit_plans(folder: Path, edit) -> None:
     (folder / "plans.json").write_text(json.dumps(plans, indent=2))
 
 
-def future_record(trainer: str = "nnUNetTrainerUC_bf16", module: str = "nnunetv2_uc.trainers.uc_trainers") -> dict:
+def future_record(trainer: str = "nnUNetTrainerUC_bf16", module: str = "nnunetv2_uc.trainers.paper_trainers") -> dict:
     return Record(FUTURE, trainer, module, "uc3dunet", "nnunetv2_uc.architectures.uc3dunet.UC3DUNet").to_json()
 
 
@@ -61,10 +61,10 @@ def test_record_names_package_version_trainer_and_network():
     provenance.stamp(plans, nnUNetTrainerUC_tiny, network_entry("uc3dunet").import_path)
     assert json.loads(json.dumps(plans))[RECORD_KEY] == {
         "distribution": "nnunetv2-uc", "version": nnunetv2_uc.__version__,
-        "trainer": {"class": "nnUNetTrainerUC_tiny", "module": "nnunetv2_uc.trainers.uc_trainers"},
+        "trainer": {"class": "nnUNetTrainerUC_tiny", "module": "nnunetv2_uc.trainers.paper_trainers"},
         "network": {"name": "uc3dunet", "import_path": "nnunetv2_uc.architectures.uc3dunet.UC3DUNet"}}
     assert provenance.read_record(plans) == Record(nnunetv2_uc.__version__, "nnUNetTrainerUC_tiny",
-                                                   "nnunetv2_uc.trainers.uc_trainers", "uc3dunet",
+                                                   "nnunetv2_uc.trainers.paper_trainers", "uc3dunet",
                                                    "nnunetv2_uc.architectures.uc3dunet.UC3DUNet")
     provenance.stamp(plans, nnUNetTrainerUXNet, network_entry("uxnet").import_path)  # a later training replaces it
     assert provenance.read_record(plans).network_import_path == "nnunetv2_uc.architectures.uxnet.UXNet"
@@ -91,7 +91,7 @@ def test_installed_trainer_names_are_what_the_shim_exports():
 def test_missing_trainer_with_a_record_names_class_version_install_command_and_env_line():
     record = Record.from_json(future_record())
     message = provenance.missing_trainer_message("nnUNetTrainerUC_bf16", record)
-    assert "nnUNetTrainerUC_bf16" in message and "nnunetv2_uc.trainers.uc_trainers" in message
+    assert "nnUNetTrainerUC_bf16" in message and "nnunetv2_uc.trainers.paper_trainers" in message
     assert f"nnunetv2-uc {FUTURE} trained this model" in message
     assert f"this environment has nnunetv2-uc {nnunetv2_uc.__version__}" in message
     assert f'pip install "nnunetv2-uc=={FUTURE}"' in message
@@ -192,7 +192,7 @@ def test_doctor_with_a_current_record_is_ok(tmp_path):
     checks = check_model_folder(folder)
     assert [c.status for c in checks] == [OK] * len(checks)
     assert checks[1].detail.startswith(f"trained with nnunetv2-uc {nnunetv2_uc.__version__} (trainer "
-                                       "nnUNetTrainerUC_tiny from nnunetv2_uc.trainers.uc_trainers")
+                                       "nnUNetTrainerUC_tiny from nnunetv2_uc.trainers.paper_trainers")
 
 
 def test_version_note_only_for_another_version():

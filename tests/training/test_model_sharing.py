@@ -97,7 +97,7 @@ def test_the_zip_carries_the_record_of_the_code_that_trained_it(shared):
     assert not any(name.endswith(".py") for name in names)  # nnU-Net ships no code: the record says which to install
     assert plans["nnunetv2_uc"] == {
         "distribution": "nnunetv2-uc", "version": nnunetv2_uc.__version__,
-        "trainer": {"class": TRAINER, "module": "nnunetv2_uc.trainers.uc_trainers"},
+        "trainer": {"class": TRAINER, "module": "nnunetv2_uc.trainers.paper_trainers"},
         "network": {"name": "uc3dunet", "import_path": network_entry("uc3dunet").import_path}}
 
 
@@ -139,4 +139,4 @@ def test_doctor_passes_the_installed_model_and_reports_its_record(shared):
     checks = {c.name: c for c in check_model_folder(shared["receiver_model"])}
     assert all(c.status == OK for c in checks.values()), [c for c in checks.values() if c.status != OK]
     assert checks["model record"].detail.startswith(f"trained with nnunetv2-uc {nnunetv2_uc.__version__} "
-                                                    f"(trainer {TRAINER} from nnunetv2_uc.trainers.uc_trainers")
+                                                    f"(trainer {TRAINER} from nnunetv2_uc.trainers.paper_trainers")

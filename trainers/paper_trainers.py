@@ -1,4 +1,5 @@
-"""nnU-Net trainers for uC 3DU-Net (``-tr nnUNetTrainerUC`` and variants)."""
+"""nnU-Net trainers for the paper networks: uC 3DU-Net (``-tr nnUNetTrainerUC`` and variants), then 3D UX-Net
+(``-tr nnUNetTrainerUXNet`` and the same variants)."""
 from __future__ import annotations
 
 from torch import nn
@@ -44,4 +45,41 @@ class nnUNetTrainerUC_checkpointed(ActivationCheckpointingMixin, nnUNetTrainerUC
 
 
 class nnUNetTrainerUC_checkpointed_tiny(TinyScheduleMixin, nnUNetTrainerUC_checkpointed):
+    """Smoke tests / CI only, activation checkpointing on; NOT for real training."""
+
+
+UXNET_NETWORK = network_entry("uxnet")
+
+
+class nnUNetTrainerUXNet(PaperNetworkTrainer):
+    """3D UX-Net (paper configuration) in nnU-Net; AdamW + poly LR recipe."""
+
+    registry_entry = UXNET_NETWORK
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """Build from the plans only (also called on the class by nnUNetv2_predict)."""
+        return build_from_plans(UXNET_NETWORK, configuration_manager, num_input_channels, num_output_channels,
+                                enable_deep_supervision)
+
+
+class nnUNetTrainerUXNet_SGD(SGDRecipeMixin, nnUNetTrainerUXNet):
+    """3D UX-Net with nnU-Net's default SGD recipe."""
+
+
+class nnUNetTrainerUXNet_tiny(TinyScheduleMixin, nnUNetTrainerUXNet):
+    """Smoke tests / CI only (2 epochs x 4 iterations, 2 val iterations); NOT for real training."""
+
+
+class nnUNetTrainerUXNet_SGD_tiny(TinyScheduleMixin, nnUNetTrainerUXNet_SGD):
+    """Smoke tests / CI only, SGD recipe; NOT for real training."""
+
+
+class nnUNetTrainerUXNet_checkpointed(ActivationCheckpointingMixin, nnUNetTrainerUXNet):
+    """Activation checkpointing for large patches: less training memory, about one more forward per step."""
+
+
+class nnUNetTrainerUXNet_checkpointed_tiny(TinyScheduleMixin, nnUNetTrainerUXNet_checkpointed):
     """Smoke tests / CI only, activation checkpointing on; NOT for real training."""
