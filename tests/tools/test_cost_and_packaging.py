@@ -68,7 +68,7 @@ def test_wheel_carries_the_mapped_packages_and_imports_from_them(tmp_path):
                      "nnunetv2_uc/planning/api.py",
                      "nnunetv2_uc/architectures/building_blocks/u_connection.py", "nnunetv2_uc/architectures/uxnet.py",
                      "nnunetv2_uc/architectures/uc3dunet.py", "nnunetv2_uc/trainers/__init__.py",
-                     "nnunetv2_uc/plans_overrides/__init__.py", "nnunetv2_uc/cli/doctor.py", "nnunetv2_uc/doctor/report.py",
+                     "nnunetv2_uc/plans_overrides/__init__.py", "nnunetv2_uc/cli/doctor.py", "nnunetv2_uc/doctor/checks.py",
                      "nnunetv2_uc/architectures/building_blocks/switches.py"):
         assert expected in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
