@@ -27,10 +27,10 @@ import pandas as pd
 import SimpleITK as sitk
 from PIL import Image
 
-from nnunetv2_uc.conversion.cases import TEST, TRAIN, CaseOutcome, CaseSource, Inspection
+from nnunetv2_uc.conversion.cases import (TEST, TRAIN, CaseOutcome, CaseSource, Geometry, Inspection, UnconvertibleCase,
+                                          describe_read_error, write_label)
 from nnunetv2_uc.conversion.pipeline import DatasetPlan, find_subfolder, input_folder
 from nnunetv2_uc.conversion.splits import SplitPlan, grouped_folds, seeded_group_holdout
-from nnunetv2_uc.conversion.volumes import Geometry, UnconvertibleCase, describe_read_error, write_label
 
 DEFAULT_ID = 502
 DEFAULT_NAME = "OIMHS"
