@@ -16,10 +16,10 @@ import json
 import sys
 
 from nnunetv2_uc.architectures.registry import NETWORKS
-from nnunetv2_uc.measure.bench import bench, environment, format_rows
 from nnunetv2_uc.deprecation import add_network_argument
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.measure.timing import request_problem
+from nnunetv2_uc.measure.bench import bench, environment, format_rows
+from nnunetv2_uc.measure.cost import request_problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

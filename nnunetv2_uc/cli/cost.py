@@ -18,12 +18,10 @@ import sys
 
 from nnunetv2_uc.architectures.registry import NETWORKS
 from nnunetv2_uc.deprecation import add_network_argument
-from nnunetv2_uc.measure.cost import (
-    DEFAULT_NETWORKS, cost_report, format_plans_table, format_table, load_dataset_plans, plans_cost_report,
-)
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.files import atomic_write_json
-from nnunetv2_uc.measure.timing import request_problem
+from nnunetv2_uc.measure.cost import (DEFAULT_NETWORKS, cost_report, format_plans_table, format_table,
+                                      load_dataset_plans, plans_cost_report, request_problem)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

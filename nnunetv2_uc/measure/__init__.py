@@ -1,2 +1,2 @@
-"""Measuring networks: parameters and MACs (``cost``), timed training steps and inference (``bench``), and the
-fresh-process step timer both use (``timing``)."""
+"""Measuring networks: parameters, MACs and the fresh-process step timer (``cost``), timed training steps and
+inference (``bench``, which times with ``cost``'s step timer)."""

@@ -24,12 +24,10 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_uc.architectures.building_blocks import switches
 from nnunetv2_uc.architectures.registry import SGD_SLOTS, network_entry
-from nnunetv2_uc.planning.memory import Precision, TrainingMemoryModel
 from nnunetv2_uc.inference.predict import BatchedSlidingWindowPredictor
-from nnunetv2_uc.measure.timing import (
-    StepSetup, depthwise_share, measure_step, median_seconds, peak_memory_bytes, peak_memory_start, prepare,
-    run_in_fresh_process,
-)
+from nnunetv2_uc.measure.cost import (StepSetup, depthwise_share, measure_step, median_seconds, peak_memory_bytes,
+                                      peak_memory_start, prepare, run_in_fresh_process)
+from nnunetv2_uc.planning.memory import Precision, TrainingMemoryModel
 
 
 def synthetic_predictor(model, patch: Sequence[int], volume: Sequence[int], num_classes: int, device: str,

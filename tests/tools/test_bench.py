@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nnunetv2_uc.architectures.building_blocks.layout import to_channels_last
-from nnunetv2_uc.measure.timing import StepSetup, build_network, measure_step
+from nnunetv2_uc.measure.cost import StepSetup, build_network, measure_step
 
 
 def test_bench_times_training_and_sliding_window_inference_with_ratios(tmp_path):
@@ -145,7 +145,7 @@ def test_no_module_uses_the_torch_2_5_only_out_of_memory_name():
 
 
 def test_depthwise_share_comes_from_the_profiler():
-    from nnunetv2_uc.measure.timing import _is_depthwise, depthwise_share
+    from nnunetv2_uc.measure.cost import _is_depthwise, depthwise_share
 
     assert _is_depthwise([1, 48, 8, 8, 8], [48, 1, 7, 7, 7])
     assert not _is_depthwise([1, 1, 8, 8, 8], [48, 1, 7, 7, 7])  # one input channel: a dense conv
@@ -158,15 +158,15 @@ def test_depthwise_share_comes_from_the_profiler():
 
 @pytest.mark.parametrize("device, benchmark", [("cuda", True), ("cpu", False)])
 def test_prepare_sets_cudnn_benchmark_on_cuda_as_nnunet_train_does(monkeypatch, device, benchmark):
-    from nnunetv2_uc.measure import timing
+    from nnunetv2_uc.measure import cost
 
     class StaysOnCPU(torch.nn.Linear):  # lets a "cuda" setup run on this CPU machine
         def to(self, *args, **kwargs):
             return self
 
-    monkeypatch.setattr(timing, "build_network", lambda *args: StaysOnCPU(2, 2))
+    monkeypatch.setattr(cost, "build_network", lambda *args: StaysOnCPU(2, 2))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    model, *_ = timing.prepare(StepSetup("plainunet", (16, 16, 16), device=device))
+    model, *_ = cost.prepare(StepSetup("plainunet", (16, 16, 16), device=device))
     assert isinstance(model, StaysOnCPU)
     assert torch.backends.cudnn.benchmark is benchmark
 

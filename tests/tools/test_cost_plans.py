@@ -17,9 +17,8 @@ from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.architectures.uc3dunet import UC3DUNet
 from nnunetv2_uc.architectures.uc_unet import UCPlainConvUNet, UCPlanError
 from nnunetv2_uc.cli import main
-from nnunetv2_uc.measure.cost import count_macs, count_parameters
 from nnunetv2_uc.errors import OverwriteRefused
-from nnunetv2_uc.measure.timing import build_network
+from nnunetv2_uc.measure.cost import build_network, count_macs, count_parameters
 from nnunetv2_uc.planning.uc_plans import with_uc_connections, without_uc_connections
 
 LEGACY = FIXTURES / "legacy_results_0.1.0" / "Dataset901_LegacyUC" / "nnUNetTrainerUC_tiny__nnUNetPlans__3d_fullres"
