@@ -39,9 +39,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunetv2_uc.architectures.registry import NETWORKS, SGD_SLOTS, NetworkEntry
 from nnunetv2_uc.planning.memory import (CUDA_FP16_AUTOCAST, GIB, MemoryBudget, MemoryModels, NnUNetReference,
                                          Precision, TrainingMemoryModel, nnunet_configuration_budget)
-from nnunetv2_uc.planning.planners import PlannableNetwork, paper_network, planner_reference
-from nnunetv2_uc.planning.search import (MIN_BATCH_SIZE, NoValidPatch, first_that_fits, largest_batch_that_fits,
-                                         round_up, shrink_sequence, valid_start)
+from nnunetv2_uc.planning.planners import (MIN_BATCH_SIZE, NoValidPatch, PlannableNetwork, first_that_fits,
+                                           largest_batch_that_fits, paper_network, planner_reference, round_up,
+                                           shrink_sequence, valid_start)
 from nnunetv2_uc.planning.uc_plans import has_uc_connections
 from nnunetv2_uc.provenance import PLUGIN_MODULE_PREFIX
 

@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 
 from nnunetv2_uc.architectures.uxnet import UXNet
-from nnunetv2_uc.planning.search import (
-    NoPatchFits, nnunet_initial_patch, round_up, search_patch_and_batch,
-)
+from nnunetv2_uc.planning.planners import NoPatchFits, nnunet_initial_patch, round_up, search_patch_and_batch
 
 SIXTEEN = (16, 16, 16)
 
@@ -90,7 +88,7 @@ def test_no_patch_fits_reports_the_smallest_patch_and_what_it_needs():
 
 def test_the_binary_search_stops_where_the_shrink_loop_stops():
     """Same patch as shrinking one step at a time until it fits, with far fewer memory evaluations."""
-    from nnunetv2_uc.planning.search import shrink_sequence
+    from nnunetv2_uc.planning.planners import shrink_sequence
 
     median, spacing = (128, 512, 512), (3.0, 0.78, 0.78)
     memory = voxel_memory(1000, 3)
