@@ -73,6 +73,10 @@ def test_wheel_carries_the_mapped_packages_and_imports_from_them(tmp_path):
         assert expected in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "nnunetv2_uc = nnunetv2_uc.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata  # the SPDX form; the TOML-table form stops building in 2027
+    assert "deprecated" not in build.stderr.lower(), build.stderr[-3000:]
+    assert "nnunetv2_uc/ext_trainers/nnunetv2_uc_trainers_shim.py" in names  # the folder nnUNet_extTrainer points at
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = ("import nnunetv2_uc, nnunetv2_uc.architectures as a, nnunetv2_uc.trainers, nnunetv2_uc.plans_overrides;"
