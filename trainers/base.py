@@ -13,7 +13,7 @@ from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_uc import provenance
 from nnunetv2_uc.architectures.registry import NetworkEntry
@@ -28,7 +28,7 @@ def build_from_plans(network: NetworkEntry, configuration_manager: Configuration
     """Build the network the configuration's ``architecture`` block names, with nnU-Net's
     ``get_network_from_plans`` (0.1.x results folders: ``network`` with the kwargs they stored).
 
-    Used by training and (through the static ``build_network_architecture``) by nnUNetv2_predict, so both
+    Used by training and (through ``build_network_architecture``) by nnUNetv2_predict, so both
     build the identical network. Deep supervision only where the network has it (uC on nnU-Net's U-Net).
     """
     architecture = trained_architecture(network, configuration_manager.configuration)
@@ -94,6 +94,14 @@ class PaperNetworkTrainer(ClusterSurvivalMixin, nnUNetTrainer):
         self.prepared_plans = prepared
         self._log_preparation(prepared)
         self.configure_recipe()
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """Build from the plans only (nnUNetv2_predict calls it on the class, as nnU-Net's static method)."""
+        return build_from_plans(cls.registry_entry, configuration_manager, num_input_channels, num_output_channels,
+                                enable_deep_supervision)
 
     @classmethod
     def adjust_plans(cls, plans: dict, configuration: str, device: torch.device) -> None:

@@ -2,13 +2,9 @@
 (``-tr nnUNetTrainerUXNet`` and the same variants)."""
 from __future__ import annotations
 
-from torch import nn
-
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
-
 from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.trainers.base import (
-    ActivationCheckpointingMixin, PaperNetworkTrainer, SGDRecipeMixin, TinyScheduleMixin, build_from_plans,
+    ActivationCheckpointingMixin, PaperNetworkTrainer, SGDRecipeMixin, TinyScheduleMixin,
 )
 
 UC_NETWORK = network_entry("uc3dunet")
@@ -18,14 +14,6 @@ class nnUNetTrainerUC(PaperNetworkTrainer):
     """uC 3DU-Net (paper configuration) in nnU-Net; AdamW + poly LR recipe."""
 
     registry_entry = UC_NETWORK
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        """Build from the plans only (also called on the class by nnUNetv2_predict)."""
-        return build_from_plans(UC_NETWORK, configuration_manager, num_input_channels, num_output_channels,
-                                enable_deep_supervision)
 
 
 class nnUNetTrainerUC_SGD(SGDRecipeMixin, nnUNetTrainerUC):
@@ -55,14 +43,6 @@ class nnUNetTrainerUXNet(PaperNetworkTrainer):
     """3D UX-Net (paper configuration) in nnU-Net; AdamW + poly LR recipe."""
 
     registry_entry = UXNET_NETWORK
-
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        """Build from the plans only (also called on the class by nnUNetv2_predict)."""
-        return build_from_plans(UXNET_NETWORK, configuration_manager, num_input_channels, num_output_channels,
-                                enable_deep_supervision)
 
 
 class nnUNetTrainerUXNet_SGD(SGDRecipeMixin, nnUNetTrainerUXNet):
