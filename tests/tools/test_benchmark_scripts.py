@@ -55,12 +55,45 @@ def test_planning_table_plans_an_example():
     assert len(rows) == 1 and len(re.findall(r"\d+x\d+x\d+ b\d+, \d+\.\d GiB", rows[0])) == 2
 
 
+def _script_macs(network: str, patch: list[int]) -> int:
+    """MACs of the network bench_onnx_tiles.py builds (its own builder), counted on the meta device."""
+    import importlib.util
+
+    import torch
+
+    from nnunetv2_uc.measure.cost import count_macs
+
+    spec = importlib.util.spec_from_file_location("bench_onnx_tiles", REPO_ROOT / "benchmarks" / "bench_onnx_tiles.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with torch.device("meta"):
+        return count_macs(script.build(network, patch, False), 1, 3, patch)
+
+
 def test_bench_onnx_tiles_times_every_runtime_and_precision():
     out = _run("benchmarks/bench_onnx_tiles.py", "--network", "uc3dunet", "--patch", "16", "32", "32", "--warmup",
-               "0", "--repeats", "1")
-    timed = dict(re.findall(rf"^  (\w+ \w+)\s+median\s+({NUMBER}) ms", out, re.M))
+               "0", "--repeats", "1", "--gemm-size", "128")
+    timed = dict(re.findall(rf"^  (\w+ \w+)\s+median\s+{NUMBER} ms\s+min\s+({NUMBER})", out, re.M))
     assert {"torch fp32", "torch bf16", "onnxruntime fp32"} <= set(timed), out
     assert all(float(ms) > 0 for ms in timed.values())
+    # the rates of the fastest calls: 2 x MACs per second, against the fastest fp32 rate of the run
+    before, after = map(float, re.search(rf"^torch.matmul peak before / after the timings \(GFLOP/s\): fp32 ({NUMBER}) / "
+                                         rf"({NUMBER}),", out, re.M).groups())
+    gflop, peak = re.search(rf"^arithmetic per tile: ({NUMBER}) GFLOP .* fp32 peak on this CPU ({NUMBER}) GFLOP/s",
+                            out, re.M).groups()
+    macs = _script_macs("uc3dunet", [16, 32, 32])
+    assert float(gflop) == pytest.approx(2 * macs / 1e9, abs=0.006)
+    rates = {}
+    for name, rate, share in re.findall(
+            rf"^  (\w+ \w+)\s+({NUMBER}) GFLOP/s = \s*({NUMBER}) % of the fp32 peak", out, re.M):
+        rates[name] = float(rate)
+        assert float(rate) == pytest.approx(2 * macs / 1e9 / (float(timed[name]) / 1000), rel=0.01)
+        assert float(share) == pytest.approx(100 * float(rate) / float(peak), rel=0.01, abs=0.1)
+    assert set(rates) == set(timed), out
+    fp32_rates = [rate for name, rate in rates.items() if name.endswith("fp32")]
+    assert float(peak) == pytest.approx(max(before, after, *fp32_rates), abs=0.051)
+    ceiling = float(re.search(rf"^fp32 ceiling: .* would be ({NUMBER})x torch fp32", out, re.M).group(1))
+    assert ceiling == pytest.approx(float(peak) / rates["torch fp32"], rel=0.01)
     assert "onnxruntime bf16: not timed (--backend onnxruntime runs fp32 only" in out
     deviation = re.search(r"^onnxruntime fp32: deviation from torch fp32 (\S+) of the logit range", out, re.M)
     assert deviation and float(deviation.group(1)) < 1e-4
