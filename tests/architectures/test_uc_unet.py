@@ -493,15 +493,26 @@ def test_zero_scale_gets_a_gradient_and_after_one_sgd_step_every_parameter_does(
 @pytest.mark.parametrize("name", ["UCPlainConvUNet", "UCResidualEncoderUNet"])
 def test_plans_without_uc_fusion_build_and_predict_as_before(name):
     """Plans written before uc_fusion existed (fixture made with the code of 2b79b8d) build the "replace" network
-    and give the same outputs from the same weights."""
+    and give the same outputs from the same weights: identical to the network built with uc_fusion="replace" on this
+    machine, and the fixture's outputs up to the rounding of another CPU's convolution kernels (on a Xeon with AMX the
+    fixture's outputs, range ~17, are met within 2.1e-5, i.e. 1.3e-6 of the range)."""
     from helpers.paths import fixture_path
     saved = torch.load(fixture_path("uc_unet_replace_2b79b8d.pt"))[name]
     assert "uc_fusion" not in saved["arch_kwargs"]
-    net = get_network_from_plans(f"{MODULE}.{name}", saved["arch_kwargs"], ["conv_op", "norm_op", "nonlin"], 1, 3,
-                                 allow_init=True, deep_supervision=False)
+
+    def build(arch_kwargs: dict) -> nn.Module:
+        net = get_network_from_plans(f"{MODULE}.{name}", arch_kwargs, ["conv_op", "norm_op", "nonlin"], 1, 3,
+                                     allow_init=True, deep_supervision=False)
+        net.load_state_dict(saved["state_dict"], strict=True)
+        return net.eval()
+
+    net = build(saved["arch_kwargs"])
     assert net.uc_fusion == "replace"
-    net.load_state_dict(saved["state_dict"], strict=True)
-    assert _max_difference(_outputs(net.eval(), saved["input"]), [saved["output"]]) <= 1e-6
+    outputs = _outputs(net, saved["input"])
+    assert _max_difference(outputs, _outputs(build({**saved["arch_kwargs"], "uc_fusion": "replace"}),
+                                             saved["input"])) == 0
+    output_range = (saved["output"].max() - saved["output"].min()).item()
+    assert _max_difference(outputs, [saved["output"]]) <= 1e-5 * output_range
 
 
 def test_diagnostics_report_the_gates_and_the_residual_scales():
