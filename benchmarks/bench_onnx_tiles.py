@@ -82,7 +82,7 @@ def report_rates(fastest_ms: dict[str, float], macs: int, matmul: dict[str, floa
     print(f"arithmetic per tile: {2 * macs / 1e9:.2f} GFLOP ({macs / 1e9:.2f} GMACs); fp32 peak on this CPU "
           f"{fp32_peak:.1f} GFLOP/s ({source}), bf16 matmul peak {matmul['bf16']:.1f} GFLOP/s; fastest calls:")
     for name, rate in rates.items():
-        print(f"  {name:18s} {rate:8.1f} GFLOP/s = {100 * rate / fp32_peak:5.1f} % of the fp32 peak")
+        print(f"  {name:18s} {rate:9.2f} GFLOP/s = {100 * rate / fp32_peak:6.2f} % of the fp32 peak")
     print(f"fp32 ceiling: a runtime doing this arithmetic at the fp32 peak would be "
           f"{fp32_peak / rates['torch fp32']:.2f}x torch fp32 per tile (at the bf16 matmul peak "
           f"{matmul['bf16'] / rates['torch fp32']:.2f}x)")
@@ -131,7 +131,7 @@ def main() -> None:
         for name, call in calls.items():
             times = time_calls(call, args.warmup, args.repeats)
             fastest[name] = min(times)
-            print(f"  {name:18s} median {statistics.median(times):8.1f} ms   min {min(times):8.1f}   "
+            print(f"  {name:18s} median {statistics.median(times):8.1f} ms   min {min(times):9.2f}   "
                   f"max {max(times):8.1f}")
     with torch.device("meta"):
         macs = count_macs(build(args.network, args.patch, args.full_width), 1, 3, args.patch)
