@@ -3,6 +3,12 @@ import os
 
 import pytest
 
+# nnU-Net's worker count (nnUNet_def_n_proc, default 8) for every nnU-Net call of the suite and its subprocesses: at
+# the end of each training nnU-Net spawns that many export workers, each importing torch; the final validation of two
+# tiny cases took 40-43 s on 2 cores with 8 against 9 s with one (training_log timestamps, test_uc_unet_e2e.py).
+# Set before any test module imports nnunetv2, so in-process calls use the same value.
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def export_cache_in_a_temporary_folder(tmp_path_factory):
