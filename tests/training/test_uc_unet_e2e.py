@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from helpers.e2e_data import SHAPE_ZYX, nnunet_env, write_raw_dataset
+from helpers.paths import FIXTURES
 from test_e2e_stock_cli import chance_dice, check_held_out_predictions, read_nifti, run_cli
 
 pytestmark = pytest.mark.slow
@@ -115,22 +116,26 @@ def test_stock_predictor_predicts_held_out_cases(pipeline):
 INIT_PLANS = "nnUNetPlans_UCInit"
 
 
+INIT_TRAINER = "nnUNetTrainer_1epoch_25its"  # nnUNetTrainer, 25 iterations (tests/fixtures/short_trainers)
+
+
 @pytest.fixture(scope="module")
 def uc_init(pipeline):
-    """nnU-Net's network trained (stock, 1 epoch) -> `nnunetv2_uc uc-init` (its uC plans made from the checkpoint's
-    plans) -> stock nnUNetv2_train -p INIT_PLANS -pretrained_weights. Returns (root, plain checkpoint, init file)."""
+    """nnU-Net's network trained (nnU-Net's recipe, 25 iterations) -> `nnunetv2_uc uc-init` (its uC plans made from
+    the checkpoint's plans) -> stock nnUNetv2_train -p INIT_PLANS -pretrained_weights with nnU-Net's recipe. Returns
+    (root, plain checkpoint, init file)."""
     root, _ = pipeline
     env = nnunet_env(root)
-    env.pop("nnUNet_extTrainer", None)
+    env["nnUNet_extTrainer"] = str(FIXTURES / "short_trainers")  # nnU-Net's trainer, shortened; no plugin trainer
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], env,
+    run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", INIT_TRAINER, "-device", "cpu"], env,
             root / "train_plain.log")
-    plain = root / "results" / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth"
+    plain = root / "results" / DATASET / f"{INIT_TRAINER}__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth"
     init = root / "uc_init.pth"
     run_cli(["nnunetv2_uc", "uc-init", "--checkpoint", str(plain), "-d", str(DATASET_ID), "-p", INIT_PLANS,
              "-o", str(init)], env, root / "uc_init.log")
-    run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-p", INIT_PLANS, "-tr", TRAINER, "-device", "cpu",
-             "-pretrained_weights", str(init)], env, root / "train_uc_init.log")
+    run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-p", INIT_PLANS, "-tr", INIT_TRAINER, "-device",
+             "cpu", "-pretrained_weights", str(init)], env, root / "train_uc_init.log")
     return root, plain, init
 
 
@@ -166,7 +171,7 @@ def test_uc_init_starts_from_the_trained_network_and_the_stock_trainer_accepts_i
 
     log = (root / "train_uc_init.log").read_text()
     assert "Loading pretrained weights from file" in log and "Could not find" not in log
-    fold = root / "results" / DATASET / f"{TRAINER}__{INIT_PLANS}__3d_fullres" / "fold_0"
+    fold = root / "results" / DATASET / f"{INIT_TRAINER}__{INIT_PLANS}__3d_fullres" / "fold_0"
     weights = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
     scales = [v for k, v in weights.items() if k.endswith("residual_scale")]
     assert scales and any(torch.any(v != 0) for v in scales)  # fine-tuning opened the uC path
