@@ -77,8 +77,9 @@ def test_summary_tables_ratios_targets_and_losses(tmp_path):
 
 def _env(out: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "NNUNETV2_UC_"))}
-    # one nnU-Net export worker, as in the rest of the suite (tests/conftest.py)
-    return {**env, "OUT": str(out), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "nnUNet_def_n_proc": "1"}
+    # keeps the suite's nnU-Net worker count (tests/conftest.py)
+    return {**env, "OUT": str(out), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "nnUNet_def_n_proc": os.environ["nnUNet_def_n_proc"]}
 
 
 def test_gpu_check_refuses_a_non_empty_out_and_unknown_arguments(tmp_path):

@@ -212,7 +212,7 @@ def dataset(tmp_path_factory):
                             check=True).stdout.strip()
     env["nnUNet_extTrainer"] = f"{FIXTURES / 'fault_trainers'}{os.pathsep}{export.split('=', 1)[1].strip(chr(39))}"
     subprocess.run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1",
-                    "-npfp", "1"], env={**env, "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1"}, cwd=root, check=True,
+                    "-npfp", "1"], env={**env, "nnUNet_n_proc_DA": "1"}, cwd=root, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     print(f"fault tests: seed {SEED} (NNUNETV2_UC_FAULT_SEED to repeat)")
     return root, env

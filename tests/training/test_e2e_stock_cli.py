@@ -111,7 +111,6 @@ def pipeline(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("e2e")
     env = nnunet_env(root)
-    env["nnUNet_def_n_proc"] = "1"
     timings: dict[str, float] = {}
     raw = write_raw_dataset(root / "raw", DATASET_ID, "Aniso", N_TRAIN, N_TEST, seed=0)
 

@@ -50,11 +50,11 @@ def with_env_line(env: dict, line: str) -> dict:
 def shared(tmp_path_factory):
     """Sender: plan, train, predict, export. Receiver: install into an empty nnUNet_results, predict twice."""
     root = tmp_path_factory.mktemp("travel")
-    # nnU-Net's export sets torch's threads to nnUNet_def_n_proc while it turns logits into probabilities, and the
-    # thread count changes their float rounding (up to 6e-5 between 1 and the default 8 on a Xeon with AMX): both
-    # sides predict with the same setting, as the comparison below is of the model, not of the setting
-    sender = {**nnunet_env(root / "sender"), "nnUNet_def_n_proc": "1"}  # one export worker in the final validation
-    receiver = {**nnunet_env(root / "receiver"), "nnUNet_def_n_proc": "1"}
+    # both sides inherit the suite's nnUNet_def_n_proc (tests/conftest.py): nnU-Net's export sets torch's threads to
+    # it while it turns logits into probabilities, and the thread count changes their float rounding (up to 6e-5
+    # between 1 and 8 on a Xeon with AMX); the comparison below is of the model, not of the setting
+    sender = nnunet_env(root / "sender")
+    receiver = nnunet_env(root / "receiver")
     sender.pop("nnUNet_extTrainer", None)
     receiver.pop("nnUNet_extTrainer", None)
     raw = write_raw_dataset(root / "sender" / "raw", DATASET_ID, "Travel", N_TRAIN, N_TEST, seed=3)

@@ -26,7 +26,7 @@ def evidence(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env.update(CASES="5", TEST_CASES="1", EPOCHS="1", ITERATIONS="2", MODELS="sgd-uc", SEED="3",
                PATH=f"{os.path.dirname(sys.executable)}:{env['PATH']}",
-               nnUNet_def_n_proc="1")  # one nnU-Net export worker, as in the rest of the suite (tests/conftest.py)
+               nnUNet_def_n_proc=os.environ["nnUNet_def_n_proc"])  # the suite's worker count (tests/conftest.py)
     result = subprocess.run(["bash", str(REPO_ROOT / "experiments" / "uc_on_nnunet_evidence.sh"), str(work)], env=env,
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

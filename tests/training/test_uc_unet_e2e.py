@@ -114,8 +114,6 @@ def test_stock_predictor_predicts_held_out_cases(pipeline):
 
 # ---- uc-init: start uC from a trained nnU-Net model, fine-tune with the stock -pretrained_weights -------------
 INIT_PLANS = "nnUNetPlans_UCInit"
-
-
 INIT_TRAINER = "nnUNetTrainer_1epoch_25its"  # nnUNetTrainer, 25 iterations (tests/fixtures/short_trainers)
 
 
