@@ -15,7 +15,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunetv2_uc import provenance
+from nnunetv2_uc import registration
 from nnunetv2_uc.architectures.registry import NetworkEntry
 from nnunetv2_uc.planning.memory import GIB
 from nnunetv2_uc.trainers.cluster import ClusterSurvivalMixin
@@ -137,8 +137,8 @@ class PaperNetworkTrainer(ClusterSurvivalMixin, nnUNetTrainer):
             f"arch_kwargs {architecture['arch_kwargs']}")
 
     def on_train_start(self) -> None:
-        # the record of the code that trains (nnunetv2_uc/provenance.py); nnU-Net saves these plans as plans.json
-        provenance.stamp(self.plans_manager.plans, type(self), self.prepared_plans.architecture["network_class_name"])
+        # the record of the code that trains (nnunetv2_uc/registration.py); nnU-Net saves these plans as plans.json
+        registration.stamp(self.plans_manager.plans, type(self), self.prepared_plans.architecture["network_class_name"])
         super().on_train_start()
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:

@@ -13,7 +13,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from nnunetv2_uc.doctor.checks import FAIL, OK, SKIP, WARN, Check
-from nnunetv2_uc.provenance import DIST
+from nnunetv2_uc.registration import DIST
 
 # torch build to suggest for a driver of each CUDA major release (pytorch.org's index names the CUDA flavour)
 TORCH_FLAVOUR_FOR_DRIVER = {12: "cu126", 11: "cu118"}

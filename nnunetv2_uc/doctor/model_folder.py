@@ -8,25 +8,26 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from nnunetv2_uc import provenance
 from nnunetv2_uc.doctor.checks import FAIL, OK, SKIP, WARN, Check
-from nnunetv2_uc.provenance import DIST
-from nnunetv2_uc.registration import find_trainer_class
+from nnunetv2_uc.registration import (
+    DIST, Record, find_trainer_class, load_record, missing_network_message, missing_trainer_message, needed_network,
+    version_note,
+)
 
 
-def check_model_record(record: provenance.Record | None) -> Check:
+def check_model_record(record: Record | None) -> Check:
     """The record of the code that trained the model (plans.json), against the installed version."""
     if record is None:
         return Check("model record", SKIP, f"plans.json names no {DIST} version (a model of nnU-Net's own trainers, "
                                            f"or of an {DIST} version that wrote no record)")
-    if note := provenance.version_note(record):
+    if note := version_note(record):
         return Check("model record", WARN, f"trained with {record.describe()}", note)
     return Check("model record", OK, f"trained with {record.describe()}, the installed version")
 
 
-def _network_fix(folder: Path, configuration: str, record: provenance.Record | None, error: str) -> str:
-    network_path = provenance.needed_network(folder, configuration, record)
-    return (provenance.missing_network_message(network_path, configuration, record, error)
+def _network_fix(folder: Path, configuration: str, record: Record | None, error: str) -> str:
+    network_path = needed_network(folder, configuration, record)
+    return (missing_network_message(network_path, configuration, record, error)
             or f"{network_path} is not a class of {DIST}: the package that provides it may be another version "
                "than the one that trained the model")
 
@@ -72,7 +73,7 @@ def check_model_folder(folder: str | os.PathLike, find_trainer: Callable[[str], 
         lacking = missing + ([] if checkpoints else ["fold_*/checkpoint_*.pth"])
         return [Check("model files", FAIL, f"{folder} lacks {', '.join(lacking)}",
                       "give the folder nnUNetv2_train wrote: $nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIG")]
-    record = provenance.load_record(folder)
+    record = load_record(folder)
     results = [Check("model files", OK, f"{folder}: plans.json, dataset.json, {len(checkpoints)} checkpoint(s)"),
                check_model_record(record)]
     try:
@@ -87,7 +88,7 @@ def check_model_folder(folder: str | os.PathLike, find_trainer: Callable[[str], 
     except Exception as error:
         return results + [Check("model trainer", FAIL, f"{trainer_name} does not resolve: {type(error).__name__}: "
                                                        f"{str(error)[:300]}",
-                                provenance.missing_trainer_message(trainer_name, record))]
+                                missing_trainer_message(trainer_name, record))]
     results.append(Check("model trainer", OK, f"{trainer_name} ({trainer_class.__module__})"))
     try:
         network = build_network_from_folder(trainer_class, folder, configuration)

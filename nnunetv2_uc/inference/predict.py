@@ -22,8 +22,7 @@ from nnunetv2.utilities.helpers import empty_cache
 from tqdm import tqdm
 
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.provenance import explain_load_failure, load_record, version_note
-from nnunetv2_uc.registration import register_trainers
+from nnunetv2_uc.registration import explain_load_failure, load_record, register_trainers, version_note
 
 DEFAULT_PATCHES_PER_BATCH = {"cuda": 4, "cpu": 1, "mps": 1}
 #: torch.OutOfMemoryError exists from torch 2.5; torch.cuda.OutOfMemoryError (the same class there) since 1.13

@@ -43,7 +43,7 @@ from nnunetv2_uc.planning.planners import (MIN_BATCH_SIZE, NoValidPatch, Plannab
                                            largest_batch_that_fits, paper_network, planner_reference, round_up,
                                            shrink_sequence, valid_start)
 from nnunetv2_uc.planning.uc_plans import has_uc_connections
-from nnunetv2_uc.provenance import PLUGIN_MODULE_PREFIX
+from nnunetv2_uc.registration import PLUGIN_MODULE_PREFIX
 
 
 class AdaptationError(ValueError):

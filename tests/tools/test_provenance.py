@@ -11,14 +11,13 @@ import torch
 
 import nnunetv2_uc
 from helpers.paths import FIXTURES
-from nnunetv2_uc import provenance
+from nnunetv2_uc import registration
 from nnunetv2_uc.architectures.registry import network_entry
 from nnunetv2_uc.doctor.checks import FAIL, OK, SKIP, WARN
 from nnunetv2_uc.doctor.model_folder import check_model_folder
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.inference.predict import predict_from_model_folder
-from nnunetv2_uc.provenance import RECORD_KEY, Record
-from nnunetv2_uc.registration import shim_directory
+from nnunetv2_uc.registration import RECORD_KEY, Record, shim_directory
 from nnunetv2_uc.trainers import TRAINER_NAMES, nnUNetTrainerUC_tiny, nnUNetTrainerUXNet
 
 LEGACY = FIXTURES / "legacy_results_0.1.0"
@@ -58,30 +57,30 @@ def future_record(trainer: str = "nnUNetTrainerUC_bf16", module: str = "nnunetv2
 
 def test_record_names_package_version_trainer_and_network():
     plans = {"configurations": {}}
-    provenance.stamp(plans, nnUNetTrainerUC_tiny, network_entry("uc3dunet").import_path)
+    registration.stamp(plans, nnUNetTrainerUC_tiny, network_entry("uc3dunet").import_path)
     assert json.loads(json.dumps(plans))[RECORD_KEY] == {
         "distribution": "nnunetv2-uc", "version": nnunetv2_uc.__version__,
         "trainer": {"class": "nnUNetTrainerUC_tiny", "module": "nnunetv2_uc.trainers.paper_trainers"},
         "network": {"name": "uc3dunet", "import_path": "nnunetv2_uc.architectures.uc3dunet.UC3DUNet"}}
-    assert provenance.read_record(plans) == Record(nnunetv2_uc.__version__, "nnUNetTrainerUC_tiny",
+    assert registration.read_record(plans) == Record(nnunetv2_uc.__version__, "nnUNetTrainerUC_tiny",
                                                    "nnunetv2_uc.trainers.paper_trainers", "uc3dunet",
                                                    "nnunetv2_uc.architectures.uc3dunet.UC3DUNet")
-    provenance.stamp(plans, nnUNetTrainerUXNet, network_entry("uxnet").import_path)  # a later training replaces it
-    assert provenance.read_record(plans).network_import_path == "nnunetv2_uc.architectures.uxnet.UXNet"
+    registration.stamp(plans, nnUNetTrainerUXNet, network_entry("uxnet").import_path)  # a later training replaces it
+    assert registration.read_record(plans).network_import_path == "nnunetv2_uc.architectures.uxnet.UXNet"
 
 
 def test_record_read_back_from_a_model_folder(tmp_path):
     folder = model_copy(tmp_path, "nnUNetTrainerUC_tiny")
-    assert provenance.load_record(folder) is None  # 0.1.0 wrote no record
+    assert registration.load_record(folder) is None  # 0.1.0 wrote no record
     edit_plans(folder, lambda p: p.update({RECORD_KEY: future_record()}))
-    assert provenance.load_record(folder).version == FUTURE
+    assert registration.load_record(folder).version == FUTURE
     edit_plans(folder, lambda p: p.update({RECORD_KEY: "hand-edited"}))
-    assert provenance.load_record(folder) is None
-    assert provenance.load_record(tmp_path / "no such folder") is None
+    assert registration.load_record(folder) is None
+    assert registration.load_record(tmp_path / "no such folder") is None
 
 
 def test_installed_trainer_names_are_what_the_shim_exports():
-    names = provenance.installed_trainer_names()
+    names = registration.installed_trainer_names()
     assert set(TRAINER_NAMES) | {"nnUNetTrainerUC_demo", "nnUNetTrainerUXNet_demo"} <= names
     assert "nnUNetTrainer" not in names
 
@@ -90,7 +89,7 @@ def test_installed_trainer_names_are_what_the_shim_exports():
 
 def test_missing_trainer_with_a_record_names_class_version_install_command_and_env_line():
     record = Record.from_json(future_record())
-    message = provenance.missing_trainer_message("nnUNetTrainerUC_bf16", record)
+    message = registration.missing_trainer_message("nnUNetTrainerUC_bf16", record)
     assert "nnUNetTrainerUC_bf16" in message and "nnunetv2_uc.trainers.paper_trainers" in message
     assert f"nnunetv2-uc {FUTURE} trained this model" in message
     assert f"this environment has nnunetv2-uc {nnunetv2_uc.__version__}" in message
@@ -102,7 +101,7 @@ def test_missing_trainer_with_a_record_names_class_version_install_command_and_e
 
 def test_missing_trainer_of_another_package_built_on_ours():
     record = Record.from_json(future_record("LabTrainerUC", "mylab.trainers"))
-    message = provenance.missing_trainer_message("LabTrainerUC", record)
+    message = registration.missing_trainer_message("LabTrainerUC", record)
     assert "mylab.trainers" in message and "not part of nnunetv2-uc" in message
     assert "nnUNet_extTrainer" in message and f'pip install "nnunetv2-uc=={FUTURE}"' in message
 
@@ -114,20 +113,20 @@ def test_missing_trainer_of_another_package_built_on_ours():
     ("nnUNetTrainerUC_tiny", ["is a trainer of the installed nnunetv2-uc", "nnunetv2_uc doctor"]),
 ])
 def test_missing_trainer_without_a_record_is_still_clear(trainer, expected):
-    message = provenance.missing_trainer_message(trainer, None)
+    message = registration.missing_trainer_message(trainer, None)
     assert trainer in message
     for text in expected:
         assert text in message, (text, message)
 
 
 def test_missing_network_of_a_stock_trainer_names_the_class_and_package():
-    message = provenance.missing_network_message(UC_UNET_V9, "3d_fullres", None, "ImportError: not found")
+    message = registration.missing_network_message(UC_UNET_V9, "3d_fullres", None, "ImportError: not found")
     assert UC_UNET_V9 in message and "comes from nnunetv2-uc" in message
     assert "records no nnunetv2-uc version" in message and "pip install --upgrade nnunetv2-uc" in message
-    assert provenance.missing_network_message("mylab.nets.Net", "3d_fullres", None, "ImportError") is None
-    recorded = provenance.missing_network_message(UC_UNET_V9, "3d_fullres", Record(FUTURE), "TypeError: x")
+    assert registration.missing_network_message("mylab.nets.Net", "3d_fullres", None, "ImportError") is None
+    recorded = registration.missing_network_message(UC_UNET_V9, "3d_fullres", Record(FUTURE), "TypeError: x")
     assert f'pip install "nnunetv2-uc=={FUTURE}"' in recorded and "TypeError: x" in recorded
-    same = provenance.missing_network_message(UC_UNET_V9, "3d_fullres", Record(nnunetv2_uc.__version__), "E")
+    same = registration.missing_network_message(UC_UNET_V9, "3d_fullres", Record(nnunetv2_uc.__version__), "E")
     assert "the version is not why it fails" in same
 
 
@@ -188,7 +187,7 @@ def test_doctor_on_a_stock_trainer_model_with_our_network_class_missing(tmp_path
 
 def test_doctor_with_a_current_record_is_ok(tmp_path):
     folder = model_copy(tmp_path, "nnUNetTrainerUC_tiny")
-    edit_plans(folder, lambda p: provenance.stamp(p, nnUNetTrainerUC_tiny, network_entry("uc3dunet").import_path))
+    edit_plans(folder, lambda p: registration.stamp(p, nnUNetTrainerUC_tiny, network_entry("uc3dunet").import_path))
     checks = check_model_folder(folder)
     assert [c.status for c in checks] == [OK] * len(checks)
     assert checks[1].detail.startswith(f"trained with nnunetv2-uc {nnunetv2_uc.__version__} (trainer "
@@ -196,7 +195,7 @@ def test_doctor_with_a_current_record_is_ok(tmp_path):
 
 
 def test_version_note_only_for_another_version():
-    assert provenance.version_note(None) is None
-    assert provenance.version_note(Record(nnunetv2_uc.__version__)) is None
-    note = provenance.version_note(Record(FUTURE))
+    assert registration.version_note(None) is None
+    assert registration.version_note(Record(nnunetv2_uc.__version__)) is None
+    note = registration.version_note(Record(FUTURE))
     assert f"trained with nnunetv2-uc {FUTURE}" in note and f'pip install "nnunetv2-uc=={FUTURE}"' in note

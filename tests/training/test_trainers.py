@@ -17,7 +17,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 import nnunetv2_uc
 from nnunetv2_uc.architectures import UC3DUNet, UXNet
-from nnunetv2_uc.provenance import Record, read_record
+from nnunetv2_uc.registration import Record, read_record
 from nnunetv2_uc.trainers import (
     TRAINER_NAMES, nnUNetTrainerUC, nnUNetTrainerUC_SGD, nnUNetTrainerUC_checkpointed, nnUNetTrainerUC_tiny,
     nnUNetTrainerUXNet, nnUNetTrainerUXNet_checkpointed, nnUNetTrainerUXNet_tiny,
