@@ -225,7 +225,7 @@ def torch_predictor(model: Path, precision: str, mirroring: bool):
 
 
 def exported_predictor(export: Path, backend: str, precision: str, mirroring: bool):
-    from nnunetv2_uc.inference.exported import load_exported_model, predictor_for_export
+    from nnunetv2_uc.inference.onnx_export import load_exported_model, predictor_for_export
 
     return predictor_for_export(load_exported_model(export), backend, mirroring=mirroring, progress_bar=False,
                                 precision=precision)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nnunetv2_uc.errors import UserError
 from nnunetv2_uc.inference import runtimes
-from nnunetv2_uc.inference.exported import cached_export, predict_from_export_folder
+from nnunetv2_uc.inference.onnx_export import cached_export, predict_from_export_folder
 from nnunetv2_uc.inference.predict import find_model_folder, predict_from_model_folder
 from nnunetv2_uc.registration import register_trainers, registry_name
 

@@ -73,7 +73,7 @@ def test_ensembled_mirrored_logits_match_torch_on_a_batch_of_tiles(deployed, bac
     """nnU-Net's fold loop and mirroring (8 flipped calls) on a volume of 2 tiles, run as one batch of 2."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2_uc.inference.onnx_export import DEFAULT_TOLERANCE
-    from nnunetv2_uc.inference.exported import load_exported_model, predictor_for_export
+    from nnunetv2_uc.inference.onnx_export import load_exported_model, predictor_for_export
 
     if backend == "openvino":
         pytest.importorskip("openvino")
@@ -212,7 +212,7 @@ def test_predict_on_the_cpu_exports_once_into_the_cache_and_reuses_it(deployed, 
 
 
 def test_a_damaged_cached_export_is_exported_again(deployed, tmp_path, monkeypatch):
-    from nnunetv2_uc.inference.exported import cached_export
+    from nnunetv2_uc.inference.onnx_export import cached_export
     from nnunetv2_uc.errors import UserError
 
     monkeypatch.setenv("NNUNETV2_UC_CACHE", str(tmp_path / "cache"))
@@ -230,7 +230,7 @@ def test_each_network_predicts_through_each_runtime_what_torch_predicts(network,
     nnU-Net's whole prediction from the raw files, torch against the exported model in each runtime installed."""
     from nnunetv2_uc.inference import runtimes
     from nnunetv2_uc.inference.onnx_export import export_model
-    from nnunetv2_uc.inference.exported import predict_from_export_folder
+    from nnunetv2_uc.inference.onnx_export import predict_from_export_folder
     from nnunetv2_uc.inference.predict import predict_from_model_folder
 
     for key in ("raw", "preprocessed", "results"):
