@@ -39,7 +39,7 @@ def main() -> None:
     for key in ("raw", "preprocessed", "results"):
         os.environ[f"nnUNet_{key}"] = str(root / key)
 
-    from nnunetv2_uc.planning import examples
+    import example_datasets as examples  # next to this script
     from nnunetv2_uc.planning.api import plan_datasets
 
     header = ["dataset (shaped like)", "median image (voxels, spacing mm)", "planner, target",

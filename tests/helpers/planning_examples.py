@@ -1,11 +1,11 @@
-"""nnU-Net folders holding the dataset-shaped fingerprints of ``nnunetv2_uc.planning.examples`` (no images)."""
+"""nnU-Net folders holding the dataset-shaped fingerprints of ``experiments/example_datasets.py`` (no images)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from nnunetv2_uc.planning import examples
+import example_datasets as examples
 
 
 def nnunet_folders_with_examples(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

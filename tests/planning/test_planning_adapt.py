@@ -8,10 +8,10 @@ import io
 import math
 
 import pytest
+import example_datasets as examples
 from helpers.planning_examples import nnunet_folders_with_examples
 
 from nnunetv2_uc.architectures.registry import network_entry
-from nnunetv2_uc.planning import examples
 from nnunetv2_uc.planning.planners import get_base_planner, get_network, paper_network, planner_reference
 from nnunetv2_uc.planning.trainer_plans import adapt_configuration, per_gpu_batch
 

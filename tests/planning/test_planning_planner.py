@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+import example_datasets as examples
 from helpers.planning_examples import nnunet_folders_with_examples
 
 from nnunetv2_uc.errors import UserError
-from nnunetv2_uc.planning import examples
 from nnunetv2_uc.planning.api import plan_datasets
 from nnunetv2_uc.planning.planners import PLANNING_KEY
 

@@ -1,5 +1,6 @@
-"""Dataset fingerprints shaped like public datasets, for the planning table (experiments/planning_table.py) and
-the tests: nnU-Net plans from a fingerprint and dataset.json alone, so no images are needed.
+"""Dataset fingerprints shaped like public datasets, for the planning table (planning_table.py, next to this file)
+and the planning tests (which import it as ``example_datasets``: pyproject's pytest pythonpath): nnU-Net plans from a
+fingerprint and dataset.json alone, so no images are needed.
 
 Shapes and spacings are per case in nnU-Net's array order (z, y, x), as in ``dataset_fingerprint.json``.
 """
