@@ -80,9 +80,12 @@ def test_wheel_carries_the_mapped_packages_and_imports_from_them(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = ("import nnunetv2_uc, nnunetv2_uc.architectures as a, nnunetv2_uc.trainers, nnunetv2_uc.plans_overrides;"
-             "print(a.__file__); print(sum(p.numel() for p in a.UC3DUNet(1, 5).parameters()))")
+             "from nnunetv2_uc.registration import installed_trainer_names as names;"
+             "print(a.__file__); print(sum(p.numel() for p in a.UC3DUNet(1, 5).parameters()));"
+             "print(len(names()), len(nnunetv2_uc.trainers.__all__))")
     env = {**os.environ, "PYTHONPATH": str(site)}
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    location, params = result.stdout.split()
+    location, params, findable, exported = result.stdout.split()
     assert Path(location).is_relative_to(site) and params == "21716235"
+    assert int(findable) == int(exported) >= 12  # the shim, a module of no package, imports from the unpacked wheel
